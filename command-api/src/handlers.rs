@@ -1,0 +1,367 @@
+//! One handler per command: check who acts, validate, check what the command names exists,
+//! append the event, answer with its position.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use chronicle_events::{
+    Envelope, Event, PostDeleted, PostLiked, PostPublished, PostUnliked, ProfileUpdated,
+    UserFollowed, UserRegistered, UserUnfollowed,
+};
+use chronicle_infra::http::{JsonBody, min_positions, parse_id, query_pairs, wait_for_positions};
+use chronicle_infra::kafka::ProduceError;
+use chronicle_infra::{Position, Problem};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Actor;
+use crate::validate;
+
+type Answer<T> = Result<(StatusCode, Json<T>), Problem>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegisterRequest {
+    handle: String,
+    display_name: String,
+    #[serde(default)]
+    bio: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Registered {
+    user_id: Uuid,
+    handle: String,
+    token: String,
+    position: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProfileRequest {
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    bio: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublishRequest {
+    body: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Published {
+    post_id: Uuid,
+    position: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Accepted {
+    position: String,
+}
+
+impl AppState {
+    async fn append(&self, actor: Uuid, event: Event) -> Result<Position, Problem> {
+        let envelope = Envelope::new(actor, event);
+        let started = std::time::Instant::now();
+        let result = self.producer.send(&envelope).await;
+        metrics::histogram!("command_produce_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(position) => {
+                tracing::info!(
+                    event.id = %envelope.event_id,
+                    event.kind = envelope.kind().name(),
+                    partition = position.partition,
+                    offset = position.offset,
+                    "event appended"
+                );
+                Ok(position)
+            }
+            Err(ProduceError::Unavailable(err)) => {
+                metrics::counter!("command_produce_errors_total").increment(1);
+                tracing::warn!(event.id = %envelope.event_id, error = %err, "event not appended");
+                Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker_unavailable",
+                    "the event log did not accept the command in time; nothing was changed",
+                )
+                .with_retry_after(std::time::Duration::from_secs(1)))
+            }
+        }
+    }
+
+    /// Waits for the `min_position`s of the query, if any.
+    async fn wait(&self, query: Option<String>) -> Result<(), Problem> {
+        let positions = min_positions(&query_pairs(query.as_deref())?)?;
+        wait_for_positions(&self.progress, &positions, self.consistency_wait).await
+    }
+
+    /// The author of a live (published, not deleted) post, from the read models.
+    async fn post_author(&self, post_id: Uuid) -> Result<Uuid, Problem> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT author_id FROM projection.posts WHERE post_id = $1 AND deleted_at IS NULL",
+            )
+            .await?;
+        client
+            .query_opt(&statement, &[&post_id])
+            .await?
+            .map(|row| row.get(0))
+            .ok_or_else(|| Problem::not_found("post_not_found", "no such post"))
+    }
+
+    /// Checks that a user is registered, from the read models.
+    async fn user_exists(&self, user_id: Uuid) -> Result<(), Problem> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached("SELECT 1 FROM projection.users WHERE user_id = $1")
+            .await?;
+        match client.query_opt(&statement, &[&user_id]).await? {
+            Some(_) => Ok(()),
+            None => Err(Problem::not_found("user_not_found", "no such user")),
+        }
+    }
+}
+
+fn accepted(position: Position) -> (StatusCode, Json<Accepted>) {
+    (
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            position: position.encode(),
+        }),
+    )
+}
+
+/// `GET /readyz`: 200 when both the database and the broker answer.
+pub(crate) async fn ready(State(app): State<AppState>) -> StatusCode {
+    let database = async {
+        match app.pool.get().await {
+            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    };
+    let (database, broker) = tokio::join!(database, app.producer.is_ready());
+    if database && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// `POST /v1/users`: reserve the handle (atomically, in the write-side table), then append
+/// UserRegistered. A reservation whose event was not appended is released.
+pub(crate) async fn register(
+    State(app): State<AppState>,
+    JsonBody(request): JsonBody<RegisterRequest>,
+) -> Answer<Registered> {
+    let handle = validate::handle(&request.handle)?;
+    let display_name = validate::display_name(&request.display_name)?;
+    let bio = validate::bio(request.bio.as_deref().unwrap_or(""))?;
+    let user_id = Uuid::now_v7();
+
+    let client = app.pool.get().await?;
+    let reserve = client
+        .prepare_cached(
+            "INSERT INTO command.handles (handle, user_id) VALUES ($1, $2)
+             ON CONFLICT (handle) DO NOTHING",
+        )
+        .await?;
+    if client.execute(&reserve, &[&handle, &user_id]).await? == 0 {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "handle_taken",
+            format!("the handle `{handle}` is taken"),
+        ));
+    }
+
+    let event = Event::UserRegistered(UserRegistered {
+        user_id,
+        handle: handle.clone(),
+        display_name,
+        bio,
+    });
+    let position = match app.append(user_id, event).await {
+        Ok(position) => position,
+        Err(problem) => {
+            let released = client
+                .execute(
+                    "DELETE FROM command.handles WHERE handle = $1 AND user_id = $2",
+                    &[&handle, &user_id],
+                )
+                .await;
+            if let Err(err) = released {
+                tracing::error!(error = %err, user.id = %user_id, "failed to release a handle reservation");
+            }
+            return Err(problem);
+        }
+    };
+    let token = app.tokens.issue(user_id)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Registered {
+            user_id,
+            handle,
+            token,
+            position: position.encode(),
+        }),
+    ))
+}
+
+/// `PATCH /v1/users/me`: change display name and/or bio.
+pub(crate) async fn update_profile(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    JsonBody(request): JsonBody<ProfileRequest>,
+) -> Answer<Accepted> {
+    if request.display_name.is_none() && request.bio.is_none() {
+        return Err(Problem::validation(
+            "give display_name, bio or both to update",
+        ));
+    }
+    let display_name = request
+        .display_name
+        .as_deref()
+        .map(validate::display_name)
+        .transpose()?;
+    let bio = request.bio.as_deref().map(validate::bio).transpose()?;
+    let event = Event::ProfileUpdated(ProfileUpdated {
+        user_id: actor,
+        display_name,
+        bio,
+    });
+    app.append(actor, event).await.map(accepted)
+}
+
+/// `POST /v1/posts`: publish a post.
+pub(crate) async fn publish(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    JsonBody(request): JsonBody<PublishRequest>,
+) -> Answer<Published> {
+    let body = validate::post_body(&request.body)?;
+    let post_id = Uuid::now_v7();
+    let event = Event::PostPublished(PostPublished {
+        post_id,
+        author_id: actor,
+        body,
+    });
+    let position = app.append(actor, event).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Published {
+            post_id,
+            position: position.encode(),
+        }),
+    ))
+}
+
+/// `DELETE /v1/posts/{post_id}`: only the author may delete a post.
+pub(crate) async fn delete_post(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    Path(post_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Answer<Accepted> {
+    let post_id = parse_id("post_id", &post_id)?;
+    app.wait(query).await?;
+    let author = app.post_author(post_id).await?;
+    if author != actor {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only the author can delete a post",
+        ));
+    }
+    let event = Event::PostDeleted(PostDeleted {
+        post_id,
+        author_id: actor,
+    });
+    app.append(actor, event).await.map(accepted)
+}
+
+/// `PUT /v1/posts/{post_id}/like`.
+pub(crate) async fn like(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    Path(post_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Answer<Accepted> {
+    let post_id = parse_id("post_id", &post_id)?;
+    app.wait(query).await?;
+    app.post_author(post_id).await?;
+    let event = Event::PostLiked(PostLiked {
+        post_id,
+        user_id: actor,
+    });
+    app.append(actor, event).await.map(accepted)
+}
+
+/// `DELETE /v1/posts/{post_id}/like`.
+pub(crate) async fn unlike(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    Path(post_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Answer<Accepted> {
+    let post_id = parse_id("post_id", &post_id)?;
+    app.wait(query).await?;
+    app.post_author(post_id).await?;
+    let event = Event::PostUnliked(PostUnliked {
+        post_id,
+        user_id: actor,
+    });
+    app.append(actor, event).await.map(accepted)
+}
+
+fn not_self(actor: Uuid, user_id: Uuid) -> Result<(), Problem> {
+    if actor == user_id {
+        Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cannot_follow_self",
+            "you cannot follow yourself",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// `PUT /v1/users/me/following/{user_id}`.
+pub(crate) async fn follow(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    Path(user_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Answer<Accepted> {
+    let followee = parse_id("user_id", &user_id)?;
+    not_self(actor, followee)?;
+    app.wait(query).await?;
+    app.user_exists(followee).await?;
+    let event = Event::UserFollowed(UserFollowed {
+        follower_id: actor,
+        followee_id: followee,
+    });
+    app.append(actor, event).await.map(accepted)
+}
+
+/// `DELETE /v1/users/me/following/{user_id}`.
+pub(crate) async fn unfollow(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    Path(user_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Answer<Accepted> {
+    let followee = parse_id("user_id", &user_id)?;
+    not_self(actor, followee)?;
+    app.wait(query).await?;
+    app.user_exists(followee).await?;
+    let event = Event::UserUnfollowed(UserUnfollowed {
+        follower_id: actor,
+        followee_id: followee,
+    });
+    app.append(actor, event).await.map(accepted)
+}

@@ -1,0 +1,182 @@
+//! The command API: HTTP in, validated command, event out to Kafka.
+//!
+//! It is the only producer of events. A command is answered with 2xx only after the broker has
+//! durably acknowledged its event (acks=all); if the broker cannot take it in time the answer is
+//! 503 `broker_unavailable`. It owns the `command` schema (handle reservations, the write-side
+//! state that makes handles unique) and reads, never writes, the projector's read models to check
+//! that the posts and users a command names exist.
+
+mod auth;
+mod handlers;
+mod validate;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{delete, patch, post, put};
+use chronicle_infra::db::{DatabaseArgs, Migration, migrate};
+use chronicle_infra::http::{Server, install_metrics, with_common_layers};
+use chronicle_infra::kafka::{EventProducer, KafkaArgs};
+use chronicle_infra::progress::Progress;
+use chronicle_infra::telemetry::LogFormat;
+use deadpool_postgres::Pool;
+
+pub use auth::Secret;
+
+/// The schema the command API owns.
+pub const SCHEMA: &str = "command";
+
+/// Migrations of the `command` schema.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "handles",
+    sql: include_str!("../migrations/0001_handles.sql"),
+}];
+
+/// Configuration of the command API, from the environment (or flags).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "command-api",
+    about = "Chronicle's command API: HTTP commands become events"
+)]
+pub struct Config {
+    /// `CHRONICLE_COMMAND_ADDR`: listen address (default `127.0.0.1:8080`).
+    #[arg(
+        long = "addr",
+        env = "CHRONICLE_COMMAND_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub addr: SocketAddr,
+    /// `CHRONICLE_JWT_SECRET`: HS256 secret for tokens, at least 32 bytes (required).
+    #[arg(
+        long = "jwt-secret",
+        env = "CHRONICLE_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Secret,
+    /// `CHRONICLE_TOKEN_TTL_SECS`: lifetime of issued tokens (default 7 days).
+    #[arg(long = "token-ttl-secs", env = "CHRONICLE_TOKEN_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub token_ttl_secs: u64,
+    /// `CHRONICLE_CONSISTENCY_WAIT_MS`: longest wait for `min_position` (default 2000).
+    #[arg(
+        long = "consistency-wait-ms",
+        env = "CHRONICLE_CONSISTENCY_WAIT_MS",
+        default_value_t = 2000
+    )]
+    pub consistency_wait_ms: u64,
+    /// `CHRONICLE_PRODUCE_TIMEOUT_MS`: longest wait for the broker's acknowledgement before
+    /// answering 503 `broker_unavailable` (default 5000).
+    #[arg(long = "produce-timeout-ms", env = "CHRONICLE_PRODUCE_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=300_000))]
+    pub produce_timeout_ms: u64,
+    /// `CHRONICLE_LOG_FORMAT`: `text` (default) or `json`.
+    #[arg(
+        long = "log-format",
+        env = "CHRONICLE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub database: DatabaseArgs,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState(Arc<Shared>);
+
+pub(crate) struct Shared {
+    producer: EventProducer,
+    pool: Pool,
+    progress: Progress,
+    tokens: auth::Tokens,
+    consistency_wait: Duration,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// A command API that has migrated, found its topic and bound its port.
+pub struct Application {
+    server: Server,
+    router: Router,
+    producer: EventProducer,
+}
+
+impl Application {
+    /// Migrates the `command` schema, makes sure the topic exists and binds the port.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let metrics = install_metrics()?;
+        let pool = config.database.pool()?;
+        migrate(&pool, SCHEMA, MIGRATIONS, Duration::from_secs(30)).await?;
+        config.kafka.ensure_topic(Duration::from_secs(60)).await?;
+        let producer = EventProducer::new(
+            &config.kafka,
+            "/chronicle/command-api",
+            Duration::from_millis(config.produce_timeout_ms),
+        )?;
+        let progress = Progress::follow(config.database.pg_config()?, config.kafka.topic.clone());
+        let state = AppState(Arc::new(Shared {
+            producer: producer.clone(),
+            pool,
+            progress,
+            tokens: auth::Tokens::new(
+                &config.jwt_secret,
+                Duration::from_secs(config.token_ttl_secs),
+            ),
+            consistency_wait: Duration::from_millis(config.consistency_wait_ms),
+        }));
+        let server = Server::bind("command-api", config.addr).await?;
+        Ok(Application {
+            server,
+            router: with_common_layers(router(state), metrics),
+            producer,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, lets in-flight commands finish, then flushes the
+    /// producer so that nothing queued is lost.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let served = self.server.serve(self.router, shutdown).await;
+        self.producer.flush(Duration::from_secs(10)).await;
+        served
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/readyz", axum::routing::get(handlers::ready))
+        .route("/v1/users", post(handlers::register))
+        .route("/v1/users/me", patch(handlers::update_profile))
+        .route("/v1/posts", post(handlers::publish))
+        .route("/v1/posts/{post_id}", delete(handlers::delete_post))
+        .route(
+            "/v1/posts/{post_id}/like",
+            put(handlers::like).delete(handlers::unlike),
+        )
+        .route(
+            "/v1/users/me/following/{user_id}",
+            put(handlers::follow).delete(handlers::unfollow),
+        )
+        .with_state(state)
+}

@@ -1,0 +1,237 @@
+//! The eight things that can happen in Chronicle, one payload type each.
+//!
+//! Payloads carry the facts a projection needs, so projections stay free of logic: a like names
+//! the post and the user, a deletion names the author. Names are past tense: events record what
+//! happened, they never ask for something to happen.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A person joined Chronicle and reserved a handle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRegistered {
+    /// The new user's id (UUIDv7, made by the command side).
+    pub user_id: Uuid,
+    /// The normalised (trimmed, lowercased) handle, unique across users.
+    pub handle: String,
+    /// The name shown next to the handle.
+    pub display_name: String,
+    /// A short self-description; empty when none was given.
+    #[serde(default)]
+    pub bio: String,
+}
+
+/// A user changed their display name and/or bio. `None` leaves a field as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileUpdated {
+    /// The user whose profile changed.
+    pub user_id: Uuid,
+    /// The new display name, if it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// The new bio, if it changed (an empty string clears it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bio: Option<String>,
+}
+
+/// A user published a post.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostPublished {
+    /// The new post's id (UUIDv7, made by the command side).
+    pub post_id: Uuid,
+    /// The author.
+    pub author_id: Uuid,
+    /// The text of the post, trimmed.
+    pub body: String,
+}
+
+/// The author deleted their post.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostDeleted {
+    /// The deleted post.
+    pub post_id: Uuid,
+    /// Its author (who is also the actor).
+    pub author_id: Uuid,
+}
+
+/// A user liked a post. Liking a post twice is one like.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostLiked {
+    /// The liked post.
+    pub post_id: Uuid,
+    /// The user who liked it.
+    pub user_id: Uuid,
+}
+
+/// A user took back their like. Unliking a post that is not liked changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostUnliked {
+    /// The post.
+    pub post_id: Uuid,
+    /// The user who no longer likes it.
+    pub user_id: Uuid,
+}
+
+/// `follower_id` started following `followee_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserFollowed {
+    /// The user who follows (the actor).
+    pub follower_id: Uuid,
+    /// The user being followed.
+    pub followee_id: Uuid,
+}
+
+/// `follower_id` stopped following `followee_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserUnfollowed {
+    /// The user who no longer follows (the actor).
+    pub follower_id: Uuid,
+    /// The user no longer followed.
+    pub followee_id: Uuid,
+}
+
+/// Any Chronicle event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// See [`UserRegistered`].
+    UserRegistered(UserRegistered),
+    /// See [`ProfileUpdated`].
+    ProfileUpdated(ProfileUpdated),
+    /// See [`PostPublished`].
+    PostPublished(PostPublished),
+    /// See [`PostDeleted`].
+    PostDeleted(PostDeleted),
+    /// See [`PostLiked`].
+    PostLiked(PostLiked),
+    /// See [`PostUnliked`].
+    PostUnliked(PostUnliked),
+    /// See [`UserFollowed`].
+    UserFollowed(UserFollowed),
+    /// See [`UserUnfollowed`].
+    UserUnfollowed(UserUnfollowed),
+}
+
+/// The type of an event without its payload: its wire name and current schema version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// `UserRegistered`
+    UserRegistered,
+    /// `ProfileUpdated`
+    ProfileUpdated,
+    /// `PostPublished`
+    PostPublished,
+    /// `PostDeleted`
+    PostDeleted,
+    /// `PostLiked`
+    PostLiked,
+    /// `PostUnliked`
+    PostUnliked,
+    /// `UserFollowed`
+    UserFollowed,
+    /// `UserUnfollowed`
+    UserUnfollowed,
+}
+
+impl EventKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [EventKind; 8] = [
+        EventKind::UserRegistered,
+        EventKind::ProfileUpdated,
+        EventKind::PostPublished,
+        EventKind::PostDeleted,
+        EventKind::PostLiked,
+        EventKind::PostUnliked,
+        EventKind::UserFollowed,
+        EventKind::UserUnfollowed,
+    ];
+
+    /// The name written in the envelope's `type` field and the `ce_type` header.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::UserRegistered => "UserRegistered",
+            EventKind::ProfileUpdated => "ProfileUpdated",
+            EventKind::PostPublished => "PostPublished",
+            EventKind::PostDeleted => "PostDeleted",
+            EventKind::PostLiked => "PostLiked",
+            EventKind::PostUnliked => "PostUnliked",
+            EventKind::UserFollowed => "UserFollowed",
+            EventKind::UserUnfollowed => "UserUnfollowed",
+        }
+    }
+
+    /// The kind with the given wire name, if there is one.
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// The schema version new events of this kind are written in.
+    pub fn current_version(self) -> u32 {
+        1
+    }
+}
+
+impl Event {
+    /// This event's kind.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::UserRegistered(_) => EventKind::UserRegistered,
+            Event::ProfileUpdated(_) => EventKind::ProfileUpdated,
+            Event::PostPublished(_) => EventKind::PostPublished,
+            Event::PostDeleted(_) => EventKind::PostDeleted,
+            Event::PostLiked(_) => EventKind::PostLiked,
+            Event::PostUnliked(_) => EventKind::PostUnliked,
+            Event::UserFollowed(_) => EventKind::UserFollowed,
+            Event::UserUnfollowed(_) => EventKind::UserUnfollowed,
+        }
+    }
+
+    /// The aggregate the event belongs to, which is also its Kafka message key: the post for
+    /// post events (likes included), the user for user events (follows belong to the follower).
+    /// Events of one aggregate are therefore totally ordered in the log.
+    pub fn aggregate_id(&self) -> Uuid {
+        match self {
+            Event::UserRegistered(e) => e.user_id,
+            Event::ProfileUpdated(e) => e.user_id,
+            Event::PostPublished(e) => e.post_id,
+            Event::PostDeleted(e) => e.post_id,
+            Event::PostLiked(e) => e.post_id,
+            Event::PostUnliked(e) => e.post_id,
+            Event::UserFollowed(e) => e.follower_id,
+            Event::UserUnfollowed(e) => e.follower_id,
+        }
+    }
+
+    /// The payload as a JSON value, in the kind's current schema version.
+    pub(crate) fn data(&self) -> serde_json::Value {
+        let value = match self {
+            Event::UserRegistered(e) => serde_json::to_value(e),
+            Event::ProfileUpdated(e) => serde_json::to_value(e),
+            Event::PostPublished(e) => serde_json::to_value(e),
+            Event::PostDeleted(e) => serde_json::to_value(e),
+            Event::PostLiked(e) => serde_json::to_value(e),
+            Event::PostUnliked(e) => serde_json::to_value(e),
+            Event::UserFollowed(e) => serde_json::to_value(e),
+            Event::UserUnfollowed(e) => serde_json::to_value(e),
+        };
+        // Serialising these plain structs of strings and UUIDs into a `Value` cannot fail.
+        value.unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Reads a payload written in the kind's current schema version.
+    pub(crate) fn from_data(
+        kind: EventKind,
+        data: serde_json::Value,
+    ) -> Result<Event, serde_json::Error> {
+        use serde_json::from_value;
+        Ok(match kind {
+            EventKind::UserRegistered => Event::UserRegistered(from_value(data)?),
+            EventKind::ProfileUpdated => Event::ProfileUpdated(from_value(data)?),
+            EventKind::PostPublished => Event::PostPublished(from_value(data)?),
+            EventKind::PostDeleted => Event::PostDeleted(from_value(data)?),
+            EventKind::PostLiked => Event::PostLiked(from_value(data)?),
+            EventKind::PostUnliked => Event::PostUnliked(from_value(data)?),
+            EventKind::UserFollowed => Event::UserFollowed(from_value(data)?),
+            EventKind::UserUnfollowed => Event::UserUnfollowed(from_value(data)?),
+        })
+    }
+}

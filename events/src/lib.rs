@@ -1,0 +1,18 @@
+//! The event vocabulary of Chronicle.
+//!
+//! Every change in Chronicle is one of the [`Event`]s below, wrapped in an [`Envelope`] that says
+//! who did it, when, to which aggregate, and in which schema version the payload is written.
+//! Envelopes travel through Kafka as JSON ([`Envelope::to_json`], [`Envelope::from_json`]).
+//!
+//! This crate owns the vocabulary and its encoding only. It never does I/O: the command side
+//! produces these events, the projector folds them into read models, and both depend on this
+//! crate for the one shared definition of what an event is.
+
+mod envelope;
+mod event;
+
+pub use envelope::{DecodeError, Envelope};
+pub use event::{
+    Event, EventKind, PostDeleted, PostLiked, PostPublished, PostUnliked, ProfileUpdated,
+    UserFollowed, UserRegistered, UserUnfollowed,
+};

@@ -1,0 +1,210 @@
+//! Applying a batch of one partition's events exactly once.
+//!
+//! A batch is applied in ONE transaction that also moves the partition's stored offset. The
+//! offset update comes first and is conditional on the offset this worker believes is stored
+//! (a fence): if another process applied events of this partition in the meantime, zero rows
+//! change, nothing is applied, and the worker resumes from the stored offset. Because rows and
+//! offset commit together, a process killed at any instant leaves either all of a batch or none.
+
+use chronicle_events::Envelope;
+use chronicle_infra::db::is_transient;
+use chronicle_infra::progress::{CHANNEL, notification_payload};
+use deadpool_postgres::{Pool, Transaction};
+
+use crate::projection::{CounterDeltas, apply};
+
+/// One message taken from the log.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub(crate) offset: i64,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) payload: Option<Vec<u8>>,
+}
+
+/// What became of a batch.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Applied; the partition's next offset is now `next`.
+    Applied {
+        next: i64,
+        applied: usize,
+        dead: usize,
+    },
+    /// Another owner moved the partition to `stored`; nothing was applied.
+    Fenced { stored: i64 },
+}
+
+/// Why a batch was not applied.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BatchError {
+    /// The database is unreachable or chose us as a deadlock victim: retry the same batch.
+    #[error("transient database failure: {0}")]
+    Transient(String),
+    /// An event made a statement fail: retry event by event to find and park it.
+    #[error("an event could not be applied: {0}")]
+    Poisoned(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for BatchError {
+    fn from(err: tokio_postgres::Error) -> BatchError {
+        if is_transient(&err) {
+            BatchError::Transient(err.to_string())
+        } else {
+            BatchError::Poisoned(err)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for BatchError {
+    fn from(err: deadpool_postgres::PoolError) -> BatchError {
+        BatchError::Transient(err.to_string())
+    }
+}
+
+/// Where one partition stands.
+pub(crate) struct Partition<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: i32,
+}
+
+impl Partition<'_> {
+    /// The stored next offset, creating the row (at 0) for a partition never seen before.
+    pub(crate) async fn stored_offset(&self, pool: &Pool) -> Result<i64, BatchError> {
+        let client = pool.get().await?;
+        let row = client
+            .query_one(
+                "WITH created AS (
+                     INSERT INTO projection.offsets (topic, partition, next_offset)
+                     VALUES ($1, $2, 0) ON CONFLICT DO NOTHING RETURNING next_offset
+                 )
+                 SELECT next_offset FROM created
+                 UNION ALL
+                 SELECT next_offset FROM projection.offsets WHERE topic = $1 AND partition = $2",
+                &[&self.topic, &self.partition],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Applies `records` (those at or after `expected`) on top of stored offset `expected`.
+    /// `careful` applies each event under its own savepoint, so that one failing event is
+    /// parked as a dead letter instead of failing the batch.
+    pub(crate) async fn apply_batch(
+        &self,
+        pool: &Pool,
+        expected: i64,
+        records: &[Record],
+        careful: bool,
+    ) -> Result<Outcome, BatchError> {
+        let records: Vec<&Record> = records.iter().filter(|r| r.offset >= expected).collect();
+        let Some(last) = records.last() else {
+            return Ok(Outcome::Applied {
+                next: expected,
+                applied: 0,
+                dead: 0,
+            });
+        };
+        let next = last.offset + 1;
+        let mut client = pool.get().await?;
+        let mut tx = client.transaction().await?;
+        let fence = tx
+            .prepare_cached(
+                "UPDATE projection.offsets SET next_offset = $3
+                 WHERE topic = $1 AND partition = $2 AND next_offset = $4",
+            )
+            .await?;
+        if tx
+            .execute(&fence, &[&self.topic, &self.partition, &next, &expected])
+            .await?
+            == 0
+        {
+            tx.rollback().await?;
+            let stored = self.stored_offset(pool).await?;
+            return Ok(Outcome::Fenced { stored });
+        }
+
+        let mut deltas = CounterDeltas::default();
+        let (mut applied, mut dead) = (0, 0);
+        for record in records {
+            let envelope = match record.payload.as_deref().map(Envelope::from_json) {
+                Some(Ok(envelope)) => envelope,
+                Some(Err(err)) => {
+                    self.park(&tx, record, &err.to_string()).await?;
+                    dead += 1;
+                    continue;
+                }
+                None => {
+                    self.park(&tx, record, "the message has no payload").await?;
+                    dead += 1;
+                    continue;
+                }
+            };
+            if !careful {
+                apply(&tx, &envelope, &mut deltas).await?;
+                applied += 1;
+                continue;
+            }
+            let mut own = CounterDeltas::default();
+            let savepoint = tx.savepoint("event").await?;
+            match apply(&savepoint, &envelope, &mut own).await {
+                Ok(()) => {
+                    savepoint.commit().await?;
+                    deltas.merge(own);
+                    applied += 1;
+                }
+                Err(err) if is_transient(&err) => return Err(err.into()),
+                Err(err) => {
+                    savepoint.rollback().await?;
+                    self.park(&tx, record, &format!("could not apply: {err}"))
+                        .await?;
+                    dead += 1;
+                }
+            }
+        }
+        deltas.write(&tx).await?;
+        let note = notification_payload(self.topic, self.partition, next);
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &note])
+            .await?;
+        tx.commit().await?;
+        Ok(Outcome::Applied {
+            next,
+            applied,
+            dead,
+        })
+    }
+
+    async fn park(
+        &self,
+        tx: &Transaction<'_>,
+        record: &Record,
+        error: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        tracing::warn!(
+            partition = self.partition,
+            offset = record.offset,
+            error,
+            "parking an event that cannot be projected"
+        );
+        let key = record.key.as_deref().map(String::from_utf8_lossy);
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO projection.dead_letters (topic, partition, \"offset\", key, payload, error)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (topic, partition, \"offset\") DO NOTHING",
+            )
+            .await?;
+        tx.execute(
+            &statement,
+            &[
+                &self.topic,
+                &self.partition,
+                &record.offset,
+                &key.as_deref(),
+                &record.payload.as_deref(),
+                &error,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}

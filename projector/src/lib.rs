@@ -1,0 +1,221 @@
+//! The projector: folds the event log into the read models in Postgres.
+//!
+//! It is the only writer of the `projection` schema (read models, stored offsets, dead letters)
+//! and never produces events. Each partition's events are applied in batches, one transaction
+//! per batch together with the partition's next offset, so every event affects the read models
+//! exactly once even when the process is killed at any instant. Partitions are worked on
+//! concurrently; several projector processes in one consumer group split the partitions.
+//!
+//! Besides projecting, the process serves `/healthz`, `/readyz` and `/metrics`.
+
+mod batch;
+mod consumer;
+mod inspect;
+mod projection;
+
+pub use inspect::print_events;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use chronicle_infra::db::{DatabaseArgs, Migration, migrate};
+use chronicle_infra::http::{Server, install_metrics, with_common_layers};
+use chronicle_infra::kafka::KafkaArgs;
+use chronicle_infra::telemetry::LogFormat;
+use deadpool_postgres::Pool;
+use rdkafka::consumer::Consumer;
+
+use crate::consumer::{ConsumeSettings, EventConsumer};
+
+/// The schema the projector owns.
+pub const SCHEMA: &str = "projection";
+
+/// Migrations of the `projection` schema.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "read_models",
+    sql: include_str!("../migrations/0001_read_models.sql"),
+}];
+
+/// The projector's command line: what to do, and the configuration (from the environment).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "projector",
+    about = "Folds Chronicle's event log into the read models"
+)]
+pub struct Cli {
+    /// What to do; without a command, `run`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub config: Config,
+}
+
+/// The projector's subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Project the event log into the read models until stopped (the default).
+    Run,
+    /// Print the event log (partition, offset, key, JSON; tab-separated) and exit.
+    Events {
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<i32>,
+    },
+}
+
+/// Configuration of the projector, from the environment (or flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// `CHRONICLE_PROJECTOR_ADDR`: where `/healthz`, `/readyz` and `/metrics` are served
+    /// (default `127.0.0.1:8082`).
+    #[arg(
+        long = "addr",
+        env = "CHRONICLE_PROJECTOR_ADDR",
+        default_value = "127.0.0.1:8082"
+    )]
+    pub addr: SocketAddr,
+    /// `CHRONICLE_PROJECTOR_GROUP`: the Kafka consumer group (default `chronicle-projector`).
+    #[arg(
+        long = "group",
+        env = "CHRONICLE_PROJECTOR_GROUP",
+        default_value = "chronicle-projector"
+    )]
+    pub group: String,
+    /// `CHRONICLE_PROJECTOR_BATCH`: most events applied in one transaction (default 500).
+    #[arg(long = "batch-size", env = "CHRONICLE_PROJECTOR_BATCH", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+    /// `CHRONICLE_LOG_FORMAT`: `text` (default) or `json`.
+    #[arg(
+        long = "log-format",
+        env = "CHRONICLE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub database: DatabaseArgs,
+}
+
+/// A projector that has migrated its schema, joined its group and bound its HTTP port.
+pub struct Projector {
+    config: Config,
+    pool: Pool,
+    consumer: Arc<EventConsumer>,
+    server: Server,
+    router: Router,
+}
+
+#[derive(Clone)]
+struct Health {
+    pool: Pool,
+    consumer: Arc<EventConsumer>,
+    topic: String,
+}
+
+impl Projector {
+    /// Migrates, makes sure the topic exists, joins the consumer group and binds the HTTP port.
+    pub async fn build(config: Config) -> anyhow::Result<Projector> {
+        let metrics = install_metrics()?;
+        let pool = config.database.pool()?;
+        migrate(&pool, SCHEMA, MIGRATIONS, Duration::from_secs(30)).await?;
+        config.kafka.ensure_topic(Duration::from_secs(60)).await?;
+        let settings = ConsumeSettings {
+            group: config.group.clone(),
+            batch_size: config.batch_size as usize,
+        };
+        let consumer = consumer::subscribe(&config.kafka, &settings, pool.clone())?;
+        let server = Server::bind("projector", config.addr).await?;
+        let health = Health {
+            pool: pool.clone(),
+            consumer: Arc::clone(&consumer),
+            topic: config.kafka.topic.clone(),
+        };
+        let router = with_common_layers(
+            Router::new()
+                .route("/readyz", get(ready))
+                .with_state(health),
+            metrics,
+        );
+        Ok(Projector {
+            config,
+            pool,
+            consumer,
+            server,
+            router,
+        })
+    }
+
+    /// The address `/healthz` and `/metrics` are served on.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// Projects until `shutdown` resolves, then finishes the batches in hand and leaves the group.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = tokio::spawn(self.server.serve(self.router, async {
+            let _ = http_stopped.await;
+        }));
+        let settings = ConsumeSettings {
+            group: self.config.group.clone(),
+            batch_size: self.config.batch_size as usize,
+        };
+        consumer::consume(
+            Arc::clone(&self.consumer),
+            self.pool,
+            self.config.kafka.topic.clone(),
+            settings,
+            shutdown,
+        )
+        .await;
+        let _ = stop_http.send(());
+        let consumer = self.consumer;
+        // Leaving the group blocks on the network.
+        tokio::task::spawn_blocking(move || {
+            consumer.unsubscribe();
+            drop(consumer);
+        })
+        .await?;
+        http.await??;
+        tracing::info!("projector stopped");
+        Ok(())
+    }
+}
+
+/// Ready when the database answers and the broker knows the topic.
+async fn ready(State(health): State<Health>) -> StatusCode {
+    let database = match health.pool.get().await {
+        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    };
+    let consumer = Arc::clone(&health.consumer);
+    let topic = health.topic.clone();
+    let broker = tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(2))
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false);
+    if database && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}

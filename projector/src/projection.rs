@@ -1,0 +1,227 @@
+//! How each event changes the read models.
+//!
+//! Every step is idempotent on its own (rows are sets keyed by what they describe), and a counter
+//! moves only when a row really changed. Counters of users live in `user_counters` and are moved
+//! through [`CounterDeltas`]: collected over a batch, then written once, in user-id order, so that
+//! batches of different partitions that touch the same users never deadlock.
+
+use std::collections::BTreeMap;
+
+use chronicle_events::{Envelope, Event};
+use deadpool_postgres::Transaction;
+use tokio_postgres::Error;
+use uuid::Uuid;
+
+/// One user's counter changes: post_count, follower_count, following_count, likes_received,
+/// likes_given.
+type Deltas = [i64; 5];
+const POSTS: usize = 0;
+const FOLLOWERS: usize = 1;
+const FOLLOWING: usize = 2;
+const LIKES_RECEIVED: usize = 3;
+const LIKES_GIVEN: usize = 4;
+
+/// Counter changes collected while applying events, written by [`CounterDeltas::write`].
+#[derive(Debug, Default)]
+pub(crate) struct CounterDeltas(BTreeMap<Uuid, Deltas>);
+
+impl CounterDeltas {
+    fn add(&mut self, user: Uuid, counter: usize, by: i64) {
+        self.0.entry(user).or_default()[counter] += by;
+    }
+
+    /// Adds `other`'s changes to these.
+    pub(crate) fn merge(&mut self, other: CounterDeltas) {
+        for (user, deltas) in other.0 {
+            let mine = self.0.entry(user).or_default();
+            for (m, d) in mine.iter_mut().zip(deltas) {
+                *m += d;
+            }
+        }
+    }
+
+    /// Writes the changes, in ascending user id, in one statement.
+    pub(crate) async fn write(&self, tx: &Transaction<'_>) -> Result<(), Error> {
+        let changed: Vec<(&Uuid, &Deltas)> = self
+            .0
+            .iter()
+            .filter(|(_, d)| d.iter().any(|n| *n != 0))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let users: Vec<Uuid> = changed.iter().map(|(user, _)| **user).collect();
+        let column = |i: usize| -> Vec<i64> { changed.iter().map(|(_, d)| d[i]).collect() };
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO projection.user_counters AS c
+                     (user_id, post_count, follower_count, following_count, likes_received, likes_given)
+                 SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
+                 ORDER BY 1
+                 ON CONFLICT (user_id) DO UPDATE SET
+                     post_count = c.post_count + EXCLUDED.post_count,
+                     follower_count = c.follower_count + EXCLUDED.follower_count,
+                     following_count = c.following_count + EXCLUDED.following_count,
+                     likes_received = c.likes_received + EXCLUDED.likes_received,
+                     likes_given = c.likes_given + EXCLUDED.likes_given",
+            )
+            .await?;
+        tx.execute(
+            &statement,
+            &[
+                &users,
+                &column(POSTS),
+                &column(FOLLOWERS),
+                &column(FOLLOWING),
+                &column(LIKES_RECEIVED),
+                &column(LIKES_GIVEN),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Applies one event to the read models; counter changes go to `deltas`.
+pub(crate) async fn apply(
+    tx: &Transaction<'_>,
+    envelope: &Envelope,
+    deltas: &mut CounterDeltas,
+) -> Result<(), Error> {
+    let at = envelope.occurred_at;
+    match &envelope.event {
+        Event::UserRegistered(e) => {
+            let statement = tx
+                .prepare_cached(
+                    "INSERT INTO projection.users (user_id, handle, display_name, bio, joined_at)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO NOTHING",
+                )
+                .await?;
+            tx.execute(
+                &statement,
+                &[&e.user_id, &e.handle, &e.display_name, &e.bio, &at],
+            )
+            .await?;
+        }
+        Event::ProfileUpdated(e) => {
+            let statement = tx
+                .prepare_cached(
+                    "UPDATE projection.users
+                     SET display_name = coalesce($2, display_name), bio = coalesce($3, bio)
+                     WHERE user_id = $1",
+                )
+                .await?;
+            tx.execute(&statement, &[&e.user_id, &e.display_name, &e.bio])
+                .await?;
+        }
+        Event::PostPublished(e) => {
+            let statement = tx
+                .prepare_cached(
+                    "INSERT INTO projection.posts (post_id, author_id, body, published_at)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (post_id) DO NOTHING",
+                )
+                .await?;
+            if tx
+                .execute(&statement, &[&e.post_id, &e.author_id, &e.body, &at])
+                .await?
+                == 1
+            {
+                deltas.add(e.author_id, POSTS, 1);
+            }
+        }
+        Event::PostDeleted(e) => {
+            let statement = tx
+                .prepare_cached(
+                    "UPDATE projection.posts SET deleted_at = $2, like_count = 0
+                     WHERE post_id = $1 AND deleted_at IS NULL
+                     RETURNING author_id",
+                )
+                .await?;
+            let Some(row) = tx.query_opt(&statement, &[&e.post_id, &at]).await? else {
+                return Ok(());
+            };
+            let author: Uuid = row.get(0);
+            deltas.add(author, POSTS, -1);
+            let statement = tx
+                .prepare_cached("DELETE FROM projection.likes WHERE post_id = $1 RETURNING user_id")
+                .await?;
+            for row in tx.query(&statement, &[&e.post_id]).await? {
+                deltas.add(row.get(0), LIKES_GIVEN, -1);
+                deltas.add(author, LIKES_RECEIVED, -1);
+            }
+        }
+        Event::PostLiked(e) => {
+            // Only a live post can be liked; a like that arrives after the deletion is ignored.
+            let statement = tx
+                .prepare_cached(
+                    "WITH liked AS (
+                         INSERT INTO projection.likes (post_id, user_id, liked_at)
+                         SELECT post_id, $2, $3 FROM projection.posts
+                         WHERE post_id = $1 AND deleted_at IS NULL
+                         ON CONFLICT (post_id, user_id) DO NOTHING
+                         RETURNING post_id
+                     )
+                     UPDATE projection.posts p SET like_count = p.like_count + 1
+                     FROM liked WHERE p.post_id = liked.post_id
+                     RETURNING p.author_id",
+                )
+                .await?;
+            if let Some(row) = tx
+                .query_opt(&statement, &[&e.post_id, &e.user_id, &at])
+                .await?
+            {
+                deltas.add(row.get(0), LIKES_RECEIVED, 1);
+                deltas.add(e.user_id, LIKES_GIVEN, 1);
+            }
+        }
+        Event::PostUnliked(e) => {
+            let statement = tx
+                .prepare_cached(
+                    "WITH unliked AS (
+                         DELETE FROM projection.likes WHERE post_id = $1 AND user_id = $2
+                         RETURNING post_id
+                     )
+                     UPDATE projection.posts p SET like_count = p.like_count - 1
+                     FROM unliked WHERE p.post_id = unliked.post_id
+                     RETURNING p.author_id",
+                )
+                .await?;
+            if let Some(row) = tx.query_opt(&statement, &[&e.post_id, &e.user_id]).await? {
+                deltas.add(row.get(0), LIKES_RECEIVED, -1);
+                deltas.add(e.user_id, LIKES_GIVEN, -1);
+            }
+        }
+        Event::UserFollowed(e) => {
+            let statement = tx
+                .prepare_cached(
+                    "INSERT INTO projection.follows (follower_id, followee_id, followed_at)
+                     VALUES ($1, $2, $3) ON CONFLICT (follower_id, followee_id) DO NOTHING",
+                )
+                .await?;
+            if tx
+                .execute(&statement, &[&e.follower_id, &e.followee_id, &at])
+                .await?
+                == 1
+            {
+                deltas.add(e.follower_id, FOLLOWING, 1);
+                deltas.add(e.followee_id, FOLLOWERS, 1);
+            }
+        }
+        Event::UserUnfollowed(e) => {
+            let statement = tx
+                .prepare_cached(
+                    "DELETE FROM projection.follows WHERE follower_id = $1 AND followee_id = $2",
+                )
+                .await?;
+            if tx
+                .execute(&statement, &[&e.follower_id, &e.followee_id])
+                .await?
+                == 1
+            {
+                deltas.add(e.follower_id, FOLLOWING, -1);
+                deltas.add(e.followee_id, FOLLOWERS, -1);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! One handler per read. Each parses its parameters, waits for `min_position` if asked, and
+//! runs one keyset query against the read models.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use chronicle_infra::Problem;
+use chronicle_infra::http::{min_positions, parse_id, query_pairs, wait_for_positions};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::cursor::Cursor;
+
+const DEFAULT_LIMIT: i64 = 20;
+const MAX_LIMIT: i64 = 100;
+
+type Answer<T> = Result<Json<T>, Problem>;
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Profile {
+    user_id: Uuid,
+    handle: String,
+    display_name: String,
+    bio: String,
+    joined_at: String,
+    post_count: i64,
+    follower_count: i64,
+    following_count: i64,
+    likes_received: i64,
+    likes_given: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct UserSummary {
+    user_id: Uuid,
+    handle: String,
+    display_name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Post {
+    post_id: Uuid,
+    author: UserSummary,
+    body: String,
+    published_at: String,
+    like_count: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Like {
+    user: UserSummary,
+    liked_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Page<T> {
+    items: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+/// The parameters every read takes.
+struct ReadParams {
+    limit: i64,
+    cursor: Cursor,
+}
+
+impl AppState {
+    /// Parses `limit`, `cursor` and `min_position`, and waits for the positions.
+    async fn read_params(&self, query: Option<String>) -> Result<ReadParams, Problem> {
+        let pairs = query_pairs(query.as_deref())?;
+        let positions = min_positions(&pairs)?;
+        let mut params = ReadParams {
+            limit: DEFAULT_LIMIT,
+            cursor: Cursor::start(),
+        };
+        for (key, value) in &pairs {
+            match key.as_str() {
+                "limit" => {
+                    params.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            Problem::bad_parameter(format!(
+                                "limit must be a whole number from 1 to {MAX_LIMIT}"
+                            ))
+                        })?;
+                }
+                "cursor" => params.cursor = Cursor::decode(value)?,
+                _ => {}
+            }
+        }
+        wait_for_positions(&self.progress, &positions, self.consistency_wait).await?;
+        Ok(params)
+    }
+
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Problem> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.query(&statement, params).await?)
+    }
+
+    async fn require_user(&self, user_id: Uuid) -> Result<(), Problem> {
+        let rows = self
+            .query(
+                "SELECT 1 FROM projection.users WHERE user_id = $1",
+                &[&user_id],
+            )
+            .await?;
+        if rows.is_empty() {
+            Err(user_not_found())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn user_not_found() -> Problem {
+    Problem::not_found("user_not_found", "no such user")
+}
+
+fn post_not_found() -> Problem {
+    Problem::not_found("post_not_found", "no such post")
+}
+
+/// Turns `limit + 1` rows into a page: the extra row only says there is a next page.
+fn page<T>(
+    rows: Vec<Row>,
+    limit: i64,
+    key: impl Fn(&Row) -> Cursor,
+    item: impl Fn(&Row) -> T,
+) -> Page<T> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let next_cursor = (rows.len() > limit).then(|| key(&rows[limit - 1]).encode());
+    Page {
+        items: rows.iter().take(limit).map(item).collect(),
+        next_cursor,
+    }
+}
+
+/// `GET /readyz`: 200 when the read models can be queried.
+pub(crate) async fn ready(State(app): State<AppState>) -> StatusCode {
+    match app
+        .query("SELECT 1 FROM projection.offsets LIMIT 1", &[])
+        .await
+    {
+        Ok(_) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+const PROFILE: &str = "SELECT u.user_id, u.handle, u.display_name, u.bio, u.joined_at,
+        coalesce(c.post_count, 0), coalesce(c.follower_count, 0), coalesce(c.following_count, 0),
+        coalesce(c.likes_received, 0), coalesce(c.likes_given, 0)
+    FROM projection.users u LEFT JOIN projection.user_counters c ON c.user_id = u.user_id";
+
+fn profile_from(row: &Row) -> Profile {
+    Profile {
+        user_id: row.get(0),
+        handle: row.get(1),
+        display_name: row.get(2),
+        bio: row.get(3),
+        joined_at: timestamp(row.get(4)),
+        post_count: row.get(5),
+        follower_count: row.get(6),
+        following_count: row.get(7),
+        likes_received: row.get(8),
+        likes_given: row.get(9),
+    }
+}
+
+/// `GET /v1/users/{user_id}`.
+pub(crate) async fn profile(
+    State(app): State<AppState>,
+    Path(user_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Answer<Profile> {
+    let user_id = parse_id("user_id", &user_id)?;
+    app.read_params(query).await?;
+    let rows = app
+        .query(&format!("{PROFILE} WHERE u.user_id = $1"), &[&user_id])
+        .await?;
+    rows.first()
+        .map(profile_from)
+        .map(Json)
+        .ok_or_else(user_not_found)
+}
+
+/// `GET /v1/users/by-handle/{handle}`: handles are matched as registered (trimmed, lowercase).
+pub(crate) async fn profile_by_handle(
+    State(app): State<AppState>,
+    Path(handle): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Answer<Profile> {
+    let handle = handle.trim().to_lowercase();
+    app.read_params(query).await?;
+    let rows = app
+        .query(&format!("{PROFILE} WHERE u.handle = $1"), &[&handle])
+        .await?;
+    rows.first()
+        .map(profile_from)
+        .map(Json)
+        .ok_or_else(user_not_found)
+}
+
+const POSTS: &str = "SELECT p.post_id, p.body, p.published_at, p.like_count,
+        u.user_id, u.handle, u.display_name
+    FROM projection.posts p JOIN projection.users u ON u.user_id = p.author_id
+    WHERE p.deleted_at IS NULL";
+
+const POSTS_PAGE: &str = "AND (p.published_at, p.post_id) < ($1, $2)
+    ORDER BY p.published_at DESC, p.post_id DESC LIMIT $3";
+
+fn post_from(row: &Row) -> Post {
+    Post {
+        post_id: row.get(0),
+        body: row.get(1),
+        published_at: timestamp(row.get(2)),
+        like_count: row.get(3),
+        author: UserSummary {
+            user_id: row.get(4),
+            handle: row.get(5),
+            display_name: row.get(6),
+        },
+    }
+}
+
+fn post_key(row: &Row) -> Cursor {
+    Cursor {
+        at: row.get(2),
+        id: row.get(0),
+    }
+}
+
+async fn post_page(
+    app: &AppState,
+    filter: &str,
+    params: &ReadParams,
+    user: Option<&Uuid>,
+) -> Answer<Page<Post>> {
+    let sql = format!("{POSTS} {filter} {POSTS_PAGE}");
+    let fetch = params.limit + 1;
+    let mut args: Vec<&(dyn ToSql + Sync)> = vec![&params.cursor.at, &params.cursor.id, &fetch];
+    if let Some(user) = user {
+        args.push(user);
+    }
+    let rows = app.query(&sql, &args).await?;
+    Ok(Json(page(rows, params.limit, post_key, post_from)))
+}
+
+/// `GET /v1/feed`: every post, newest first.
+pub(crate) async fn global_feed(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Answer<Page<Post>> {
+    let params = app.read_params(query).await?;
+    post_page(&app, "", &params, None).await
+}
+
+/// `GET /v1/users/{user_id}/posts`: the author feed.
+pub(crate) async fn author_feed(
+    State(app): State<AppState>,
+    Path(user_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Answer<Page<Post>> {
+    let user_id = parse_id("user_id", &user_id)?;
+    let params = app.read_params(query).await?;
+    app.require_user(user_id).await?;
+    post_page(&app, "AND p.author_id = $4", &params, Some(&user_id)).await
+}
+
+/// `GET /v1/users/{user_id}/timeline`: posts by the user and everyone they follow.
+pub(crate) async fn timeline(
+    State(app): State<AppState>,
+    Path(user_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Answer<Page<Post>> {
+    let user_id = parse_id("user_id", &user_id)?;
+    let params = app.read_params(query).await?;
+    app.require_user(user_id).await?;
+    let filter = "AND (p.author_id = $4 OR p.author_id IN (
+        SELECT followee_id FROM projection.follows WHERE follower_id = $4))";
+    post_page(&app, filter, &params, Some(&user_id)).await
+}
+
+/// `GET /v1/posts/{post_id}`.
+pub(crate) async fn post(
+    State(app): State<AppState>,
+    Path(post_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Answer<Post> {
+    let post_id = parse_id("post_id", &post_id)?;
+    app.read_params(query).await?;
+    let rows = app
+        .query(&format!("{POSTS} AND p.post_id = $1"), &[&post_id])
+        .await?;
+    rows.first()
+        .map(post_from)
+        .map(Json)
+        .ok_or_else(post_not_found)
+}
+
+fn summary_from(row: &Row) -> UserSummary {
+    UserSummary {
+        user_id: row.get(0),
+        handle: row.get(1),
+        display_name: row.get(2),
+    }
+}
+
+fn summary_key(row: &Row) -> Cursor {
+    Cursor {
+        at: row.get(3),
+        id: row.get(0),
+    }
+}
+
+/// `GET /v1/posts/{post_id}/likes`: who liked a post, most recent first.
+pub(crate) async fn likes(
+    State(app): State<AppState>,
+    Path(post_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Answer<Page<Like>> {
+    let post_id = parse_id("post_id", &post_id)?;
+    let params = app.read_params(query).await?;
+    let live = app
+        .query(
+            "SELECT 1 FROM projection.posts WHERE post_id = $1 AND deleted_at IS NULL",
+            &[&post_id],
+        )
+        .await?;
+    if live.is_empty() {
+        return Err(post_not_found());
+    }
+    let fetch = params.limit + 1;
+    let rows = app
+        .query(
+            "SELECT u.user_id, u.handle, u.display_name, l.liked_at
+             FROM projection.likes l JOIN projection.users u ON u.user_id = l.user_id
+             WHERE l.post_id = $1 AND (l.liked_at, l.user_id) < ($2, $3)
+             ORDER BY l.liked_at DESC, l.user_id DESC LIMIT $4",
+            &[&post_id, &params.cursor.at, &params.cursor.id, &fetch],
+        )
+        .await?;
+    Ok(Json(page(rows, params.limit, summary_key, |row| Like {
+        user: summary_from(row),
+        liked_at: timestamp(row.get(3)),
+    })))
+}
+
+/// Which side of a follow a list shows.
+#[derive(Clone, Copy)]
+enum Side {
+    Followers,
+    Following,
+}
+
+async fn follow_page(
+    app: &AppState,
+    user_id: &str,
+    query: Option<String>,
+    side: Side,
+) -> Answer<Page<UserSummary>> {
+    let user_id = parse_id("user_id", user_id)?;
+    let params = app.read_params(query).await?;
+    app.require_user(user_id).await?;
+    let (listed, owner) = match side {
+        Side::Followers => ("follower_id", "followee_id"),
+        Side::Following => ("followee_id", "follower_id"),
+    };
+    let fetch = params.limit + 1;
+    let sql = format!(
+        "SELECT u.user_id, u.handle, u.display_name, f.followed_at
+         FROM projection.follows f JOIN projection.users u ON u.user_id = f.{listed}
+         WHERE f.{owner} = $1 AND (f.followed_at, f.{listed}) < ($2, $3)
+         ORDER BY f.followed_at DESC, f.{listed} DESC LIMIT $4"
+    );
+    let rows = app
+        .query(
+            &sql,
+            &[&user_id, &params.cursor.at, &params.cursor.id, &fetch],
+        )
+        .await?;
+    Ok(Json(page(rows, params.limit, summary_key, summary_from)))
+}
+
+/// `GET /v1/users/{user_id}/followers`.
+pub(crate) async fn followers(
+    State(app): State<AppState>,
+    Path(user_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Answer<Page<UserSummary>> {
+    follow_page(&app, &user_id, query, Side::Followers).await
+}
+
+/// `GET /v1/users/{user_id}/following`.
+pub(crate) async fn following(
+    State(app): State<AppState>,
+    Path(user_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Answer<Page<UserSummary>> {
+    follow_page(&app, &user_id, query, Side::Following).await
+}

@@ -1,0 +1,135 @@
+//! The query API: serves profiles and feeds from the read models.
+//!
+//! It never writes: its database sessions are read-only (`default_transaction_read_only`), and it
+//! talks to no broker. Reads never wait, unless the client asks for `min_position`; then the
+//! answer waits, woken by the projector's notifications, until the read models include those
+//! positions, or answers 503 `stale_read`.
+
+mod cursor;
+mod handlers;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use chronicle_infra::db::DatabaseArgs;
+use chronicle_infra::http::{Server, install_metrics, with_common_layers};
+use chronicle_infra::progress::Progress;
+use chronicle_infra::telemetry::LogFormat;
+use deadpool_postgres::Pool;
+
+/// Configuration of the query API, from the environment (or flags).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "query-api",
+    about = "Chronicle's query API: profiles and feeds"
+)]
+pub struct Config {
+    /// `CHRONICLE_QUERY_ADDR`: listen address (default `127.0.0.1:8081`).
+    #[arg(
+        long = "addr",
+        env = "CHRONICLE_QUERY_ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub addr: SocketAddr,
+    /// `CHRONICLE_TOPIC`: the events topic whose positions clients hand in (default
+    /// `chronicle.events`).
+    #[arg(
+        long = "topic",
+        env = "CHRONICLE_TOPIC",
+        default_value = "chronicle.events"
+    )]
+    pub topic: String,
+    /// `CHRONICLE_CONSISTENCY_WAIT_MS`: longest wait for `min_position` (default 2000).
+    #[arg(
+        long = "consistency-wait-ms",
+        env = "CHRONICLE_CONSISTENCY_WAIT_MS",
+        default_value_t = 2000
+    )]
+    pub consistency_wait_ms: u64,
+    /// `CHRONICLE_LOG_FORMAT`: `text` (default) or `json`.
+    #[arg(
+        long = "log-format",
+        env = "CHRONICLE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState(Arc<Shared>);
+
+pub(crate) struct Shared {
+    pool: Pool,
+    progress: Progress,
+    consistency_wait: Duration,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// A query API that has bound its port.
+pub struct Application {
+    server: Server,
+    router: Router,
+}
+
+impl Application {
+    /// Connects (lazily) to the read models and binds the port.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let metrics = install_metrics()?;
+        let pool = config.database.read_only_pool()?;
+        let progress = Progress::follow(config.database.pg_config()?, config.topic.clone());
+        let state = AppState(Arc::new(Shared {
+            pool,
+            progress,
+            consistency_wait: Duration::from_millis(config.consistency_wait_ms),
+        }));
+        let server = Server::bind("query-api", config.addr).await?;
+        Ok(Application {
+            server,
+            router: with_common_layers(router(state), metrics),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        self.server.serve(self.router, shutdown).await
+    }
+}
+
+fn router(state: AppState) -> Router {
+    use handlers::*;
+    Router::new()
+        .route("/readyz", get(ready))
+        .route("/v1/users/by-handle/{handle}", get(profile_by_handle))
+        .route("/v1/users/{user_id}", get(profile))
+        .route("/v1/users/{user_id}/posts", get(author_feed))
+        .route("/v1/users/{user_id}/timeline", get(timeline))
+        .route("/v1/users/{user_id}/followers", get(followers))
+        .route("/v1/users/{user_id}/following", get(following))
+        .route("/v1/feed", get(global_feed))
+        .route("/v1/posts/{post_id}", get(post))
+        .route("/v1/posts/{post_id}/likes", get(likes))
+        .with_state(state)
+}

@@ -1,0 +1,443 @@
+# shellcheck shell=bash
+# Helpers shared by script/bootstrap, script/server, script/test and .ci/run.
+#
+# Source it; do not run it. Everything here works under `set -euo pipefail`.
+# Processes are only ever stopped through PID files written by these scripts.
+
+# Repository root, whatever the caller's working directory.
+CHRONICLE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Per-checkout state (databases, broker data, logs, PID files); ignored by git.
+CHRONICLE_DATA="$CHRONICLE_ROOT/.data"
+# Per-user cache outside the work tree, so the ten-minute tansu build happens once.
+CACHE="${CHRONICLE_CACHE:-$HOME/.cache/chronicle}"
+TANSU_VERSION="0.6.0"
+TANSU_ROOT="$CACHE/tansu-$TANSU_VERSION"
+TANSU="$TANSU_ROOT/bin/tansu"
+# Port of the private PostgreSQL cluster, used only when no server is reachable.
+CHRONICLE_PRIVATE_PG_PORT="${CHRONICLE_PRIVATE_PG_PORT:-55432}"
+# Set to 1 by ensure_postgres when it started the private cluster itself.
+CHRONICLE_PG_STARTED="${CHRONICLE_PG_STARTED:-0}"
+
+# Prints what the script is doing.
+say() {
+  printf '==> %s\n' "$*"
+}
+
+# Prints an error and exits.
+die() {
+  printf '==> ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+# Runs a command as root: directly when we are root, else through sudo.
+as_root() {
+  if [[ $EUID -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "need root to run: $* (no sudo found)"
+  fi
+}
+
+# Succeeds when something accepts TCP connections on HOST:PORT.
+port_open() {
+  local host=$1 port=$2
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$host" "$port" 2>/dev/null
+}
+
+# Succeeds when HOST:PORT answers a Kafka Metadata (v0) request, i.e. a broker is serving.
+kafka_metadata_ok() {
+  local host=$1 port=$2
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  timeout 5 bash -c '
+    exec 3<>"/dev/tcp/$1/$2" || exit 1
+    # size=23, api_key=3 (Metadata), api_version=0, correlation_id=1,
+    # client_id="chronicle", topics=[] (all topics)
+    printf "\x00\x00\x00\x17\x00\x03\x00\x00\x00\x00\x00\x01\x00\x09chronicle\x00\x00\x00\x00" >&3
+    reply=$(head -c 8 <&3 | od -An -tx1 | tr -d " \n")
+    [[ ${#reply} -eq 16 && ${reply:8:8} == 00000001 ]]
+  ' _ "$host" "$port" 2>/dev/null
+}
+
+# Prints the last lines of a log file to stderr, indented.
+log_tail() {
+  local file=$1 lines=${2:-40}
+  if [[ -f $file ]]; then
+    printf '==> last %s lines of %s:\n' "$lines" "$file" >&2
+    tail -n "$lines" "$file" | sed 's/^/    /' >&2
+  fi
+}
+
+# --- processes and PID files ------------------------------------------------------------------
+
+# Seconds since the epoch at which PID started (Linux /proc); empty when unknown.
+_proc_start_epoch() {
+  local pid=$1 stat rest btime ticks
+  stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 0
+  rest=${stat##*) }
+  # shellcheck disable=SC2206 # word splitting is the point
+  local fields=($rest)
+  btime=$(awk '/^btime/ {print $2}' /proc/stat)
+  ticks=$(getconf CLK_TCK)
+  echo $((btime + fields[19] / ticks))
+}
+
+# Succeeds while PID is a running (not zombie) process.
+pid_alive() {
+  local pid=$1 state
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  if [[ -r /proc/$pid/stat ]]; then
+    state=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    state=${state##*) }
+    [[ ${state:0:1} != Z ]] || return 1
+  fi
+}
+
+# Prints the PID recorded in FILE if that process is still the one we started; else nothing.
+# A PID file older than the process holding its PID is stale (the PID was reused).
+pidfile_pid() {
+  local file=$1 pid started written
+  [[ -f $file ]] || return 0
+  pid=$(head -n 1 "$file" 2>/dev/null || true)
+  pid_alive "$pid" || return 0
+  started=$(_proc_start_epoch "$pid")
+  written=$(stat -c %Y "$file" 2>/dev/null || echo 0)
+  if [[ -n $started && $started -gt $((written + 2)) ]]; then
+    return 0
+  fi
+  echo "$pid"
+}
+
+# Writes PID to FILE.
+write_pidfile() {
+  local file=$1 pid=$2
+  mkdir -p "$(dirname "$file")"
+  echo "$pid" >"$file"
+}
+
+# Stops the process named by a PID file: SIGTERM, wait up to TIMEOUT seconds (default 20), then
+# SIGKILL that PID only. Removes the file. A missing file or a dead process is not an error.
+stop_pidfile() {
+  local file=$1 timeout=${2:-20} pid name deadline
+  [[ -f $file ]] || return 0
+  name=$(basename "$file" .pid)
+  pid=$(pidfile_pid "$file")
+  if [[ -z $pid ]]; then
+    rm -f "$file"
+    return 0
+  fi
+  say "stopping $name (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  deadline=$((SECONDS + timeout))
+  while pid_alive "$pid" && ((SECONDS < deadline)); do
+    sleep 0.2
+  done
+  if pid_alive "$pid"; then
+    say "$name (pid $pid) still running after ${timeout}s, sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + 5))
+    while pid_alive "$pid" && ((SECONDS < deadline)); do
+      sleep 0.1
+    done
+  fi
+  rm -f "$file"
+}
+
+# Starts a command in the background in its own session (so a Ctrl-C in the terminal reaches
+# only the script, which then stops things in order), appending stdout and stderr to LOG.
+# Usage: spawn LOG PIDFILE command args...  Sets SPAWNED_PID.
+spawn() {
+  local log=$1 pidfile=$2
+  shift 2
+  mkdir -p "$(dirname "$log")"
+  setsid "$@" >>"$log" 2>&1 </dev/null &
+  SPAWNED_PID=$!
+  write_pidfile "$pidfile" "$SPAWNED_PID"
+}
+
+# --- tansu (the development Kafka-protocol broker) --------------------------------------------
+
+# Installs tansu into the cache unless it is already there.
+ensure_tansu() {
+  if [[ -x $TANSU ]]; then
+    say "tansu $TANSU_VERSION: reusing $TANSU"
+    return 0
+  fi
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+  mkdir -p "$CACHE"
+  # One install at a time per cache, even when two scripts start together.
+  exec 9>"$CACHE/tansu-$TANSU_VERSION.lock"
+  flock 9
+  if [[ ! -x $TANSU ]]; then
+    say "installing tansu $TANSU_VERSION into $TANSU_ROOT (compiles for about ten minutes, once)"
+    cargo install --locked tansu --version "$TANSU_VERSION" --no-default-features \
+      --features libsql --root "$TANSU_ROOT"
+  fi
+  exec 9>&-
+  [[ -x $TANSU ]] || die "tansu install finished but $TANSU is missing"
+}
+
+# Starts tansu on 127.0.0.1:PORT with its data (SQLite) in DATADIR, logging to DATADIR/broker.log
+# and writing DATADIR/broker.pid. Waits until it answers a metadata request (bounded) and fails
+# loudly, with the end of its log, when it does not.
+start_broker() {
+  local port=$1 datadir=$2 timeout=${3:-60} pid deadline
+  [[ -x $TANSU ]] || die "tansu is not installed (run script/bootstrap)"
+  mkdir -p "$datadir"
+  datadir=$(cd "$datadir" && pwd)
+  if port_open 127.0.0.1 "$port"; then
+    die "cannot start the broker: something already listens on 127.0.0.1:$port"
+  fi
+  say "starting broker (tansu) on 127.0.0.1:$port, data in $datadir"
+  # The sqlite path must be relative: tansu resolves it against its working directory.
+  # tansu also reads some settings from the environment; keep Chronicle's RUST_LOG and any
+  # schema-registry or OpenTelemetry settings away from it.
+  (
+    cd "$datadir" || exit 1
+    unset RUST_LOG SCHEMA_REGISTRY OTEL_EXPORTER_OTLP_ENDPOINT
+    exec setsid "$TANSU" broker \
+      --cluster-id chronicle \
+      --listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://127.0.0.1:$port" \
+      --storage-engine sqlite://broker.db
+  ) >>"$datadir/broker.log" 2>&1 </dev/null &
+  pid=$!
+  write_pidfile "$datadir/broker.pid" "$pid"
+  deadline=$((SECONDS + timeout))
+  until kafka_metadata_ok 127.0.0.1 "$port"; do
+    if ! pid_alive "$pid"; then
+      log_tail "$datadir/broker.log"
+      rm -f "$datadir/broker.pid"
+      die "the broker exited during start-up"
+    fi
+    if ((SECONDS >= deadline)); then
+      log_tail "$datadir/broker.log"
+      stop_pidfile "$datadir/broker.pid"
+      die "the broker did not answer on 127.0.0.1:$port within ${timeout}s"
+    fi
+    sleep 0.2
+  done
+  say "broker ready on 127.0.0.1:$port (pid $pid, log $datadir/broker.log)"
+}
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+# psql without user config, quiet, unaligned, stopping at the first error.
+psql_cmd() {
+  psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"
+}
+
+# Succeeds when URL accepts a login.
+pg_can_login() {
+  psql_cmd "$1" -c 'select 1' >/dev/null 2>&1
+}
+
+# Prints URL with its database replaced by DB (query parameters kept).
+pg_url_with_db() {
+  local url=$1 db=$2
+  if [[ $url =~ ^(postgres(ql)?://[^/?]*)(/[^?]*)?(\?.*)?$ ]]; then
+    printf '%s/%s%s\n' "${BASH_REMATCH[1]}" "$db" "${BASH_REMATCH[4]}"
+  else
+    die "DATABASE_URL must be a postgres:// URL (got something else)"
+  fi
+}
+
+# Prints the first directory holding initdb and pg_ctl: PATH, /usr/local/bin, then
+# /usr/lib/postgresql/*/bin, newest version first.
+pg_server_bindir() {
+  local dir candidates=()
+  if dir=$(command -v initdb 2>/dev/null); then
+    candidates+=("$(dirname "$dir")")
+  fi
+  candidates+=(/usr/local/bin)
+  while IFS= read -r dir; do
+    candidates+=("$dir")
+  done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r)
+  for dir in "${candidates[@]}"; do
+    if [[ -x $dir/initdb && -x $dir/pg_ctl ]]; then
+      echo "$dir"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# Makes psql and pg_isready callable, installing PostgreSQL with apt-get if no binaries exist.
+ensure_pg_tools() {
+  local bindir
+  if command -v psql >/dev/null 2>&1 && command -v pg_isready >/dev/null 2>&1; then
+    return 0
+  fi
+  if ! bindir=$(pg_server_bindir); then
+    install_postgresql
+    bindir=$(pg_server_bindir) || die "PostgreSQL installed but initdb/pg_ctl not found"
+  fi
+  PATH="$bindir:$PATH"
+  export PATH
+  command -v psql >/dev/null 2>&1 || die "psql not found (looked in PATH and $bindir)"
+}
+
+install_postgresql() {
+  command -v apt-get >/dev/null 2>&1 || die "PostgreSQL not found and apt-get unavailable: install PostgreSQL 15+"
+  say "installing PostgreSQL with apt-get"
+  as_root apt-get update
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql
+}
+
+# Runs a PostgreSQL server binary; initdb and postgres refuse to run as root, so as root they
+# run as the `postgres` system user.
+_pg_run() {
+  if [[ $EUID -eq 0 ]]; then
+    id postgres >/dev/null 2>&1 || die "running as root and no 'postgres' user exists for the private cluster"
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+# Paths of the private cluster.
+_private_pg_dir() { echo "$CHRONICLE_DATA/postgres"; }
+
+# Chooses a PostgreSQL server and exports CHRONICLE_PG_ADMIN_URL, a URL of its `postgres`
+# database with the right to CREATE DATABASE:
+#   1. DATABASE_URL's server, when DATABASE_URL is set;
+#   2. 127.0.0.1:5432 as user postgres, when reachable (and CHRONICLE_PRIVATE_POSTGRES is not 1);
+#   3. a private cluster in .data/postgres on 127.0.0.1:$CHRONICLE_PRIVATE_PG_PORT (trust auth),
+#      created and started when needed; sets CHRONICLE_PG_STARTED=1 when this call started it.
+ensure_postgres() {
+  ensure_pg_tools
+  if [[ -n ${DATABASE_URL:-} ]]; then
+    CHRONICLE_PG_ADMIN_URL=$(pg_url_with_db "$DATABASE_URL" postgres)
+    pg_isready -q -d "$CHRONICLE_PG_ADMIN_URL" -t 5 ||
+      die "DATABASE_URL is set but its server is not reachable"
+    pg_can_login "$CHRONICLE_PG_ADMIN_URL" ||
+      die "DATABASE_URL is set but logging in to its 'postgres' database failed"
+    say "postgres: using the server of DATABASE_URL"
+    export CHRONICLE_PG_ADMIN_URL
+    return 0
+  fi
+  local system_url="postgres://postgres@127.0.0.1:5432/postgres"
+  if [[ ${CHRONICLE_PRIVATE_POSTGRES:-0} != 1 ]] && pg_isready -q -h 127.0.0.1 -p 5432 -t 3; then
+    if pg_can_login "$system_url"; then
+      say "postgres: using the server on 127.0.0.1:5432"
+      CHRONICLE_PG_ADMIN_URL=$system_url
+      export CHRONICLE_PG_ADMIN_URL
+      return 0
+    fi
+    say "postgres: 127.0.0.1:5432 is up but refuses user postgres without a password; using a private cluster"
+  fi
+  start_private_postgres
+}
+
+start_private_postgres() {
+  local dir bindir port=$CHRONICLE_PRIVATE_PG_PORT
+  dir=$(_private_pg_dir)
+  CHRONICLE_PG_ADMIN_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  export CHRONICLE_PG_ADMIN_URL
+  if pg_isready -q -h 127.0.0.1 -p "$port" -t 2; then
+    pg_can_login "$CHRONICLE_PG_ADMIN_URL" ||
+      die "something on 127.0.0.1:$port speaks PostgreSQL but refuses user postgres"
+    say "postgres: private cluster already running on 127.0.0.1:$port"
+    return 0
+  fi
+  bindir=$(pg_server_bindir) || {
+    install_postgresql
+    bindir=$(pg_server_bindir) || die "PostgreSQL installed but initdb/pg_ctl not found"
+  }
+  mkdir -p "$dir"
+  if [[ $EUID -eq 0 ]]; then
+    chown postgres: "$dir"
+  fi
+  if [[ ! -f $dir/data/PG_VERSION ]]; then
+    say "postgres: creating a private cluster in $dir/data ($bindir/initdb)"
+    _pg_run "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
+      >"$dir/initdb.log" 2>&1 || {
+      log_tail "$dir/initdb.log"
+      die "initdb failed"
+    }
+    # Development only: TCP on loopback, no Unix socket, and no fsync (tests create many databases).
+    _pg_run tee -a "$dir/data/postgresql.conf" >/dev/null <<EOF
+
+# Added by Chronicle's script/lib.sh for a private development cluster.
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+  fi
+  say "postgres: starting the private cluster on 127.0.0.1:$port"
+  _pg_run "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null || {
+    log_tail "$dir/postgres.log"
+    die "could not start the private PostgreSQL cluster"
+  }
+  CHRONICLE_PG_STARTED=1
+  export CHRONICLE_PG_STARTED
+}
+
+# Stops the private cluster if ensure_postgres started it in this process.
+stop_private_postgres_if_started() {
+  local bindir dir
+  [[ $CHRONICLE_PG_STARTED == 1 ]] || return 0
+  dir=$(_private_pg_dir)
+  bindir=$(pg_server_bindir) || return 0
+  say "stopping the private PostgreSQL cluster"
+  _pg_run "$bindir/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null || true
+  CHRONICLE_PG_STARTED=0
+}
+
+# --- toolchain ----------------------------------------------------------------------------------
+
+ensure_cargo() {
+  command -v cargo >/dev/null 2>&1 ||
+    die "cargo not found: install Rust with rustup (https://rustup.rs), then re-run"
+  say "cargo: $(cargo --version)"
+}
+
+ensure_cargo_components() {
+  local component
+  for component in rustfmt clippy; do
+    local sub=${component/rustfmt/fmt}
+    if ! cargo "$sub" --version >/dev/null 2>&1; then
+      command -v rustup >/dev/null 2>&1 || die "cargo $sub is missing and rustup is not available"
+      say "installing the $component component"
+      rustup component add "$component"
+    fi
+  done
+}
+
+ensure_nextest() {
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    say "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+  fi
+  say "nextest: $(cargo nextest --version 2>/dev/null | head -n 1)"
+}
+
+# Everything script/bootstrap guarantees; script/server and script/test call it first.
+bootstrap() {
+  ensure_cargo
+  ensure_cargo_components
+  ensure_nextest
+  ensure_tansu
+  ensure_postgres
+}
+
+# Directory cargo builds into (honours CARGO_TARGET_DIR and .cargo/config).
+cargo_target_dir() {
+  local dir
+  if command -v jq >/dev/null 2>&1 &&
+    dir=$(cd "$CHRONICLE_ROOT" && cargo metadata --no-deps --format-version 1 2>/dev/null | jq -r .target_directory) &&
+    [[ -n $dir && $dir != null ]]; then
+    echo "$dir"
+    return 0
+  fi
+  dir=${CARGO_TARGET_DIR:-target}
+  [[ $dir == /* ]] || dir="$CHRONICLE_ROOT/$dir"
+  echo "$dir"
+}

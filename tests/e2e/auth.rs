@@ -1,0 +1,207 @@
+//! Every command needs a valid token of the acting user; acting on someone else's post is
+//! forbidden.
+
+use base64::Engine as _;
+use reqwest::Method;
+use reqwest::header::AUTHORIZATION;
+use serde_json::{Value, json};
+
+use crate::harness::{TestApp, with_positions};
+
+fn base64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_rejects_a_missing_or_bad_token() {
+    // Arrange
+    let app = TestApp::spawn().await;
+    let alice = app.register_user("alice", "Alice").await;
+    let bob = app.register_user("bob", "Bob").await;
+    let post = app.publish_post(&alice, "alice's post").await;
+    let positions = vec![
+        alice.position.clone(),
+        bob.position.clone(),
+        post.position.clone(),
+    ];
+    app.wait_for(&positions).await;
+
+    let claims = TestApp::token_claims(&alice.token);
+    assert_eq!(
+        claims.get("sub").and_then(Value::as_str),
+        Some(alice.id.as_str()),
+        "sub is the user id"
+    );
+    let other_secret = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL";
+    assert_ne!(other_secret, app.jwt_secret);
+    let forged = TestApp::sign_token(&claims, other_secret);
+    let mut not_a_uuid = claims.clone();
+    not_a_uuid["sub"] = json!("not-a-uuid");
+    let not_a_uuid = TestApp::sign_token(&not_a_uuid, &app.jwt_secret);
+    let unsigned = format!(
+        "{}.{}.",
+        base64url(br#"{"alg":"none","typ":"JWT"}"#),
+        base64url(claims.to_string().as_bytes())
+    );
+    let tampered = {
+        let (head, signature) = alice.token.rsplit_once('.').expect("a JWT has a signature");
+        let mut signature = signature.to_owned();
+        let first = if signature.starts_with('A') { "B" } else { "A" };
+        signature.replace_range(0..1, first);
+        format!("{head}.{signature}")
+    };
+
+    let mut authorizations: Vec<(&str, Option<String>)> = vec![
+        ("no Authorization header", None),
+        (
+            "Basic credentials",
+            Some("Basic YWxpY2U6c2VjcmV0".to_owned()),
+        ),
+        ("Bearer without a token", Some("Bearer".to_owned())),
+        (
+            "the token without the Bearer scheme",
+            Some(alice.token.clone()),
+        ),
+        ("a garbage token", Some("Bearer not-a-token".to_owned())),
+        (
+            "three garbage segments",
+            Some("Bearer aaaa.bbbb.cccc".to_owned()),
+        ),
+        (
+            "a token signed with another secret",
+            Some(format!("Bearer {forged}")),
+        ),
+        (
+            "a token whose sub is not a UUID",
+            Some(format!("Bearer {not_a_uuid}")),
+        ),
+        (
+            "an unsigned (alg none) token",
+            Some(format!("Bearer {unsigned}")),
+        ),
+        (
+            "a token with a tampered signature",
+            Some(format!("Bearer {tampered}")),
+        ),
+    ];
+    let expired;
+    if claims.get("exp").is_some() {
+        let now = chrono::Utc::now().timestamp();
+        let mut old = claims.clone();
+        old["exp"] = json!(now - 3600);
+        if old.get("iat").is_some() {
+            old["iat"] = json!(now - 7200);
+        }
+        if old.get("nbf").is_some() {
+            old["nbf"] = json!(now - 7200);
+        }
+        expired = TestApp::sign_token(&old, &app.jwt_secret);
+        authorizations.push(("an expired token", Some(format!("Bearer {expired}"))));
+    }
+
+    // Each command, with a body and positions that would make it succeed with a good token.
+    let commands: Vec<(Method, String, Option<Value>)> = vec![
+        (
+            Method::POST,
+            "/v1/posts".to_owned(),
+            Some(json!({"body": "hello"})),
+        ),
+        (
+            Method::PATCH,
+            "/v1/users/me".to_owned(),
+            Some(json!({"bio": "new bio"})),
+        ),
+        (Method::PUT, format!("/v1/posts/{}/like", post.id), None),
+        (Method::DELETE, format!("/v1/posts/{}/like", post.id), None),
+        (
+            Method::PUT,
+            format!("/v1/users/me/following/{}", bob.id),
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/users/me/following/{}", bob.id),
+            None,
+        ),
+        (Method::DELETE, format!("/v1/posts/{}", post.id), None),
+    ];
+    let request =
+        |method: &Method, path: &str, body: &Option<Value>, authorization: Option<&str>| {
+            let mut request = with_positions(app.command(method.clone(), path), &positions);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            if let Some(authorization) = authorization {
+                request = request.header(AUTHORIZATION, authorization);
+            }
+            request
+        };
+
+    // Act / Assert: every bad authorization is a 401 on every command.
+    let mut failures = Vec::new();
+    for (method, path, body) in &commands {
+        for (label, authorization) in &authorizations {
+            let resp = app
+                .send(request(method, path, body, authorization.as_deref()))
+                .await;
+            let ok = resp.status == 401
+                && resp.code() == Some("unauthorized")
+                && resp.content_type().starts_with("application/problem+json");
+            if !ok {
+                failures.push(format!(
+                    "{method} {path} with {label}: expected 401 unauthorized, got {resp}"
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    // And the same requests with the real token succeed, so only the token made the difference.
+    for (method, path, body) in &commands {
+        let bearer = format!("Bearer {}", alice.token);
+        let resp = app.send(request(method, path, body, Some(&bearer))).await;
+        resp.assert_status(202);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_another_users_post_is_forbidden_and_changes_nothing() {
+    // Arrange
+    let app = TestApp::spawn().await;
+    let alice = app.register_user("alice", "Alice").await;
+    let mallory = app.register_user("mallory", "Mallory").await;
+    let post = app.publish_post(&alice, "mine, not mallory's").await;
+    let at_post = vec![
+        alice.position.clone(),
+        mallory.position.clone(),
+        post.position.clone(),
+    ];
+
+    // Act
+    let resp = app.delete_post(&mallory.token, &post.id, &at_post).await;
+
+    // Assert: forbidden, and no deletion reached the log: a later event on the same post (a
+    // like, keyed like the post) is applied to a post that still exists.
+    resp.assert_problem(403, "forbidden");
+    let liked = app.like(&alice.token, &post.id, &at_post).await;
+    liked.assert_status(202);
+    let after_like = vec![liked.str_field("position")];
+    let read = app.get_post(&post.id, &after_like).await;
+    read.assert_status(200);
+    assert_eq!(read.u64_field("like_count"), 1);
+    let profile = app.get_user(&alice.id, &after_like).await;
+    assert_eq!(profile.u64_field("post_count"), 1);
+    assert_eq!(profile.u64_field("likes_received"), 1);
+
+    // The author herself may delete it.
+    let deleted = app.delete_post(&alice.token, &post.id, &after_like).await;
+    deleted.assert_status(202);
+    app.get_post(&post.id, &[deleted.str_field("position")])
+        .await
+        .assert_problem(404, "post_not_found");
+}

@@ -1,0 +1,144 @@
+//! Crash safety: the projector is SIGKILLed again and again under load, and the read models
+//! still show every acknowledged command exactly once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::json;
+
+use crate::harness::{Rng, TestApp, TestPost, TestUser};
+use crate::load::{self, LoadConfig};
+use crate::model::{Model, Op, assert_read_models};
+
+const USERS: usize = 20;
+const SEED_POSTS_PER_USER: usize = 2;
+const KILLS: usize = 5;
+
+/// Registers `count` users and publishes `posts_per_user` posts for each, then waits until all
+/// of it is projected.
+pub(crate) async fn seed(
+    app: &TestApp,
+    count: usize,
+    posts_per_user: usize,
+) -> (Vec<TestUser>, Vec<TestPost>) {
+    let users: Vec<TestUser> = join_all((0..count).map(|i| async move {
+        app.register_user(&format!("user_{i:02}"), &format!("User {i}"))
+            .await
+    }))
+    .await;
+    let posts: Vec<TestPost> = join_all(users.iter().map(|user| async move {
+        let mut posts = Vec::new();
+        for n in 0..posts_per_user {
+            posts.push(
+                app.publish_post(user, &format!("seed post {n} by {}", user.handle))
+                    .await,
+            );
+        }
+        posts
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    let positions: Vec<String> = users
+        .iter()
+        .map(|u| u.position.clone())
+        .chain(posts.iter().map(|p| p.position.clone()))
+        .collect();
+    app.wait_for(&positions).await;
+    (users, posts)
+}
+
+/// The model of the seed plus the acknowledged load.
+pub(crate) fn expected(users: &[TestUser], posts: &[TestPost], ops: &[Op]) -> Model {
+    let mut model = Model::new();
+    for user in users {
+        model.add_user(&user.id);
+    }
+    for post in posts {
+        model.apply(&Op::Publish {
+            post: post.id.clone(),
+            author: post.author.clone(),
+        });
+    }
+    model.apply_all(ops);
+    model
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn projector_killed_under_load_loses_and_doubles_nothing() {
+    // Arrange
+    let app = Arc::new(TestApp::builder().partitions(12).spawn().await);
+    let mut rng = Rng::from_entropy();
+    println!(
+        "crash test rng state {:#x}, logs in {}",
+        rng.state(),
+        app.log_dir().display()
+    );
+    let (users, seeded) = seed(&app, USERS, SEED_POSTS_PER_USER).await;
+    // A user outside the load whose profile updates probe that a projector is applying events.
+    let prober = app.register_user("prober", "Prober").await;
+
+    // Act: load from one task per user while another task kills and restarts the projector.
+    let faults_done = Arc::new(AtomicBool::new(false));
+    let killer = tokio::spawn({
+        let app = app.clone();
+        let faults_done = faults_done.clone();
+        let prober = prober.clone();
+        let mut rng = Rng::seeded(rng.next_u64());
+        async move {
+            let mut kills = 0;
+            for round in 0..KILLS {
+                // Kill only a projector that owns its partitions and is applying events: tansu
+                // 0.6 keeps a member killed in the middle of joining the group as a zombie that
+                // holds partitions for good, which no projector can repair. The probe's position
+                // proves the current projector has joined and is applying events.
+                let probe = app
+                    .update_profile(&prober.token, json!({ "bio": format!("probe {round}") }))
+                    .await;
+                probe.assert_status(202);
+                app.wait_for_within(&[probe.str_field("position")], Duration::from_secs(120))
+                    .await;
+                // This sleep times the fault (the projector is busy catching up with the load);
+                // nothing waits on it for a read.
+                tokio::time::sleep(rng.millis_between(200, 1500)).await;
+                app.kill_projector();
+                kills += 1;
+                tokio::time::sleep(rng.millis_between(0, 500)).await;
+                app.start_projector().await;
+            }
+            faults_done.store(true, Ordering::SeqCst);
+            kills
+        }
+    });
+    let config = LoadConfig {
+        commands_per_user: 150,
+        max_commands_per_user: 250,
+    };
+    let result = load::run(app.clone(), &users, &seeded, config, faults_done, &mut rng).await;
+    let kills = killer
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+
+    if app.running_projectors() == 0 {
+        app.start_projector().await;
+    }
+    // tansu hands a killed member's partitions to the new one only after its session timeout.
+    app.wait_for_within(&result.positions, Duration::from_secs(180))
+        .await;
+
+    // Assert
+    assert!(kills >= 5, "the projector was killed only {kills} times");
+    println!(
+        "{} of {} commands acknowledged, projector killed {kills} times",
+        result.ops.len(),
+        result.attempted
+    );
+    let mut everyone = users.clone();
+    everyone.push(prober);
+    let model = expected(&everyone, &seeded, &result.ops);
+    assert_read_models(&app, &model).await;
+    app.assert_services_alive();
+}

@@ -1,0 +1,28 @@
+//! Chronicle's end-to-end tests: the real `projector`, `command-api` and `query-api` binaries as
+//! child processes against a real Kafka-protocol broker and a real Postgres, one isolated
+//! instance (database, topic, consumer group, JWT secret) per test; see `harness`.
+//!
+//! `script/test` runs them. By hand:
+//!
+//! ```text
+//! cargo build --workspace --bins
+//! KAFKA_BROKERS=127.0.0.1:9092 \
+//! CHRONICLE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
+//!   cargo nextest run -p chronicle-tests
+//! ```
+//!
+//! `CHRONICLE_BIN_DIR` points at the service binaries (default: the profile directory this test
+//! binary was built in). Service logs land in `target/e2e-logs/<test database>/`.
+
+mod harness;
+mod load;
+mod model;
+
+mod auth;
+mod consistency;
+mod crash;
+mod dead_letters;
+mod pagination;
+mod projector_group;
+mod scenario;
+mod validation;

@@ -1,0 +1,382 @@
+//! A small social graph built through the command API, read back through the query API: every
+//! counter, feed and list must say exactly what the commands imply.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use crate::harness::{NO_POSITIONS, Resp, TestApp, TestPost, TestUser, post_ids, user_ids};
+use crate::model::{Counters, Model, Op, assert_read_models};
+
+/// Asserts `value` is an RFC 3339 UTC timestamp with milliseconds (`2026-11-26T09:30:00.123Z`).
+#[track_caller]
+pub(crate) fn assert_timestamp(value: Option<&Value>, what: &str) {
+    let text = value
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{what}: not a string: {value:?}"));
+    let parsed = chrono::DateTime::parse_from_rfc3339(text);
+    assert!(
+        parsed.is_ok() && text.len() == 24 && text.ends_with('Z') && text.as_bytes()[19] == b'.',
+        "{what}: {text:?} is not an RFC 3339 UTC timestamp with milliseconds"
+    );
+}
+
+#[track_caller]
+fn accepted(resp: Resp) -> String {
+    resp.assert_status(202);
+    resp.str_field("position")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_models_follow_a_social_scenario() {
+    // Arrange
+    let app = TestApp::spawn().await;
+    let alice = app.register_user("  Alice ", "Alice A").await;
+    let bob = app.register_user("bob", "Bob B").await;
+    let carol = app.register_user("carol", "Carol C").await;
+    assert_eq!(alice.handle, "alice", "handles are trimmed and lowercased");
+    let mut positions = vec![
+        alice.position.clone(),
+        bob.position.clone(),
+        carol.position.clone(),
+    ];
+    let mut ops = Vec::new();
+
+    // Act
+    // Follows: alice -> bob (twice), alice -> carol, bob -> alice, carol -> alice, carol -> bob
+    // and back. Each passes the followee's registration position for the existence check.
+    let follows: [(&TestUser, &TestUser, bool); 7] = [
+        (&alice, &bob, true),
+        (&alice, &carol, true),
+        (&alice, &bob, true),
+        (&bob, &alice, true),
+        (&carol, &alice, true),
+        (&carol, &bob, true),
+        (&carol, &bob, false),
+    ];
+    for (follower, followee, follow) in follows {
+        let at = std::slice::from_ref(&followee.position);
+        let resp = if follow {
+            app.follow(&follower.token, &followee.id, at).await
+        } else {
+            app.unfollow(&follower.token, &followee.id, at).await
+        };
+        positions.push(accepted(resp));
+        let (follower, followee) = (follower.id.clone(), followee.id.clone());
+        ops.push(if follow {
+            Op::Follow { follower, followee }
+        } else {
+            Op::Unfollow { follower, followee }
+        });
+    }
+
+    // Posts, in this order: a1, b1, c1, a2, b2, b3.
+    let a1 = app.publish_post(&alice, "a1: hello from alice").await;
+    let b1 = app.publish_post(&bob, "b1: first from bob").await;
+    let c1 = app.publish_post(&carol, "c1: carol here ✨").await;
+    let a2 = app.publish_post(&alice, "a2: alice again").await;
+    let b2 = app.publish_post(&bob, "b2: second from bob").await;
+    let b3 = app.publish_post(&bob, "b3: third from bob").await;
+    for post in [&a1, &b1, &c1, &a2, &b2, &b3] {
+        positions.push(post.position.clone());
+        ops.push(Op::Publish {
+            post: post.id.clone(),
+            author: post.author.clone(),
+        });
+    }
+
+    // Likes, each passing the post's position: carol likes a1 twice, alice likes b2 then
+    // unlikes it, carol unlikes c1 which she never liked.
+    let likes: [(&TestUser, &TestPost, bool); 10] = [
+        (&bob, &a1, true),
+        (&carol, &a1, true),
+        (&carol, &a1, true),
+        (&alice, &b1, true),
+        (&carol, &b1, true),
+        (&alice, &b2, true),
+        (&bob, &c1, true),
+        (&alice, &c1, true),
+        (&alice, &b2, false),
+        (&carol, &c1, false),
+    ];
+    for (user, post, like) in likes {
+        let at = std::slice::from_ref(&post.position);
+        let resp = if like {
+            app.like(&user.token, &post.id, at).await
+        } else {
+            app.unlike(&user.token, &post.id, at).await
+        };
+        positions.push(accepted(resp));
+        let (user, post) = (user.id.clone(), post.id.clone());
+        ops.push(if like {
+            Op::Like { user, post }
+        } else {
+            Op::Unlike { user, post }
+        });
+    }
+
+    // bob deletes b1, which alice and carol liked; a like after the deletion is a 404.
+    let deleted_at = accepted(
+        app.delete_post(&bob.token, &b1.id, std::slice::from_ref(&b1.position))
+            .await,
+    );
+    positions.push(deleted_at.clone());
+    ops.push(Op::Delete {
+        post: b1.id.clone(),
+    });
+    app.like(&alice.token, &b1.id, std::slice::from_ref(&deleted_at))
+        .await
+        .assert_problem(404, "post_not_found");
+
+    // bob edits his profile.
+    positions.push(accepted(
+        app.update_profile(
+            &bob.token,
+            json!({ "display_name": "Bobby", "bio": "Builds things" }),
+        )
+        .await,
+    ));
+
+    // Assert: profiles.
+    let expect = [
+        // post_count, followers, following, likes_received, likes_given
+        (
+            &alice,
+            Counters {
+                post_count: 2,
+                follower_count: 2,
+                following_count: 2,
+                likes_received: 2,
+                likes_given: 1,
+            },
+        ),
+        (
+            &bob,
+            Counters {
+                post_count: 2,
+                follower_count: 1,
+                following_count: 1,
+                likes_received: 0,
+                likes_given: 2,
+            },
+        ),
+        (
+            &carol,
+            Counters {
+                post_count: 1,
+                follower_count: 1,
+                following_count: 1,
+                likes_received: 2,
+                likes_given: 1,
+            },
+        ),
+    ];
+    for (user, counters) in expect {
+        let profile = app.get_user(&user.id, &positions).await;
+        profile.assert_status(200);
+        assert_eq!(
+            Counters::of_profile(&profile.body),
+            counters,
+            "counters of {}",
+            user.handle
+        );
+        assert_eq!(profile.str_field("user_id"), user.id);
+        assert_eq!(profile.str_field("handle"), user.handle);
+        assert_timestamp(profile.body.get("joined_at"), "joined_at");
+    }
+    let bob_profile = app.get_user(&bob.id, &positions).await;
+    assert_eq!(bob_profile.str_field("display_name"), "Bobby");
+    assert_eq!(bob_profile.str_field("bio"), "Builds things");
+
+    // By handle, with the lookup normalised like registration.
+    let by_handle = app.get("/v1/users/by-handle/ALICE", &positions).await;
+    by_handle.assert_status(200);
+    assert_eq!(by_handle.str_field("user_id"), alice.id);
+    assert_eq!(by_handle.str_field("handle"), "alice");
+    assert_eq!(by_handle.str_field("display_name"), "Alice A");
+
+    // Feeds, newest first.
+    let ids = |posts: &[&TestPost]| posts.iter().map(|p| p.id.clone()).collect::<Vec<_>>();
+    let feeds = [
+        (format!("/v1/users/{}/posts", alice.id), ids(&[&a2, &a1])),
+        (format!("/v1/users/{}/posts", bob.id), ids(&[&b3, &b2])),
+        (format!("/v1/users/{}/posts", carol.id), ids(&[&c1])),
+        (
+            format!("/v1/users/{}/timeline", alice.id),
+            ids(&[&b3, &b2, &a2, &c1, &a1]),
+        ),
+        (
+            format!("/v1/users/{}/timeline", bob.id),
+            ids(&[&b3, &b2, &a2, &a1]),
+        ),
+        (
+            format!("/v1/users/{}/timeline", carol.id),
+            ids(&[&a2, &c1, &a1]),
+        ),
+        ("/v1/feed".to_owned(), ids(&[&b3, &b2, &a2, &c1, &a1])),
+    ];
+    for (path, expected) in feeds {
+        let resp = app.get_page(&path, None, None, &positions).await;
+        resp.assert_status(200);
+        assert_eq!(post_ids(&resp.page_items()), expected, "GET {path}");
+        assert_eq!(
+            resp.next_cursor(),
+            None,
+            "GET {path}: a short page is the last"
+        );
+    }
+
+    // Posts: like counts, authors, bodies; the deleted post is gone.
+    for (post, like_count, author, body) in [
+        (&a1, 2, &alice, "a1: hello from alice"),
+        (&a2, 0, &alice, "a2: alice again"),
+        (&b2, 0, &bob, "b2: second from bob"),
+        (&b3, 0, &bob, "b3: third from bob"),
+        (&c1, 2, &carol, "c1: carol here ✨"),
+    ] {
+        let resp = app.get_post(&post.id, &positions).await;
+        resp.assert_status(200);
+        assert_eq!(resp.str_field("post_id"), post.id);
+        assert_eq!(
+            resp.u64_field("like_count"),
+            like_count,
+            "like_count of {body}"
+        );
+        assert_eq!(resp.str_field("body"), body);
+        assert_eq!(
+            resp.body.pointer("/author/user_id").and_then(Value::as_str),
+            Some(author.id.as_str())
+        );
+        assert_eq!(
+            resp.body.pointer("/author/handle").and_then(Value::as_str),
+            Some(author.handle.as_str())
+        );
+        assert_timestamp(resp.body.get("published_at"), "published_at");
+    }
+    app.get_post(&b1.id, &positions)
+        .await
+        .assert_problem(404, "post_not_found");
+    app.get(&format!("/v1/posts/{}/likes", b1.id), &positions)
+        .await
+        .assert_problem(404, "post_not_found");
+
+    // Likes lists.
+    for (post, likers) in [
+        (&a1, vec![&bob, &carol]),
+        (&c1, vec![&bob, &alice]),
+        (&b2, vec![]),
+    ] {
+        let resp = app
+            .get(&format!("/v1/posts/{}/likes", post.id), &positions)
+            .await;
+        resp.assert_status(200);
+        let items = resp.page_items();
+        let seen: Vec<String> = items
+            .iter()
+            .map(|like| {
+                assert_timestamp(like.get("liked_at"), "liked_at");
+                like.pointer("/user/user_id")
+                    .and_then(Value::as_str)
+                    .expect("like.user.user_id")
+                    .to_owned()
+            })
+            .collect();
+        let expected: BTreeSet<String> = likers.iter().map(|u| u.id.clone()).collect();
+        assert_eq!(seen.len(), expected.len(), "likes of {}: {seen:?}", post.id);
+        assert_eq!(
+            seen.into_iter().collect::<BTreeSet<_>>(),
+            expected,
+            "likes of {}",
+            post.id
+        );
+    }
+
+    // Followers and following.
+    let set = |users: &[&TestUser]| users.iter().map(|u| u.id.clone()).collect::<BTreeSet<_>>();
+    for (user, followers, following) in [
+        (&alice, set(&[&bob, &carol]), set(&[&bob, &carol])),
+        (&bob, set(&[&alice]), set(&[&alice])),
+        (&carol, set(&[&alice]), set(&[&alice])),
+    ] {
+        for (list, expected) in [("followers", followers), ("following", following)] {
+            let resp = app
+                .get(&format!("/v1/users/{}/{list}", user.id), &positions)
+                .await;
+            resp.assert_status(200);
+            let seen = user_ids(&resp.page_items());
+            assert_eq!(
+                seen.len(),
+                expected.len(),
+                "{list} of {}: {seen:?}",
+                user.handle
+            );
+            assert_eq!(
+                seen.into_iter().collect::<BTreeSet<_>>(),
+                expected,
+                "{list} of {}",
+                user.handle
+            );
+        }
+    }
+
+    // And the generic model agrees with the hand-computed expectations above.
+    let mut model = Model::new();
+    for user in [&alice, &bob, &carol] {
+        model.add_user(&user.id);
+    }
+    // Publications first: the model replays follows and likes against known posts.
+    let (publishes, rest): (Vec<Op>, Vec<Op>) = ops
+        .into_iter()
+        .partition(|op| matches!(op, Op::Publish { .. }));
+    model.apply_all(&publishes);
+    model.apply_all(&rest);
+    assert_read_models(&app, &model).await;
+    app.assert_services_alive();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_report_health_metrics_and_request_ids() {
+    // Arrange
+    let app = TestApp::spawn().await;
+    let projector = app.projector_url().expect("a projector runs");
+
+    for base in [&app.command_url, &app.query_url] {
+        // Act / Assert
+        for path in ["/healthz", "/readyz"] {
+            let resp = app.send(app.client.get(format!("{base}{path}"))).await;
+            resp.assert_status(200);
+        }
+        let metrics = app.send(app.client.get(format!("{base}/metrics"))).await;
+        metrics.assert_status(200);
+        assert!(
+            metrics.content_type().starts_with("text/plain"),
+            "metrics: {metrics}"
+        );
+
+        let echoed = app
+            .send(
+                app.client
+                    .get(format!("{base}/healthz"))
+                    .header("x-request-id", "e2e-req-42"),
+            )
+            .await;
+        assert_eq!(echoed.header("x-request-id"), Some("e2e-req-42"));
+        let generated = app.send(app.client.get(format!("{base}/healthz"))).await;
+        assert!(
+            generated
+                .header("x-request-id")
+                .is_some_and(|id| !id.is_empty()),
+            "{base} answered without x-request-id"
+        );
+    }
+    app.send(app.client.get(format!("{projector}/healthz")))
+        .await
+        .assert_status(200);
+
+    // Errors carry a request id too.
+    let not_found = app
+        .get(&format!("/v1/users/{}", uuid::Uuid::now_v7()), NO_POSITIONS)
+        .await;
+    not_found.assert_problem(404, "user_not_found");
+    assert!(not_found.header("x-request-id").is_some());
+}
