@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Actor;
+use crate::idempotency::{Appended, IdempotencyKey};
 use crate::validate;
 
 type Answer<T> = Result<(StatusCode, Json<T>), Problem>;
@@ -64,10 +65,11 @@ pub(crate) struct Accepted {
 }
 
 impl AppState {
-    async fn append(&self, actor: Uuid, event: Event) -> Result<Position, Problem> {
-        let envelope = Envelope::new(actor, event);
+    /// Appends `envelope` to the log; 503 `broker_unavailable` when the broker does not
+    /// acknowledge it in time.
+    pub(crate) async fn append(&self, envelope: &Envelope) -> Result<Position, Problem> {
         let started = std::time::Instant::now();
-        let result = self.producer.send(&envelope).await;
+        let result = self.producer.send(envelope).await;
         metrics::histogram!("command_produce_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         match result {
@@ -128,11 +130,11 @@ impl AppState {
     }
 }
 
-fn accepted(position: Position) -> (StatusCode, Json<Accepted>) {
+fn accepted(appended: Appended) -> (StatusCode, Json<Accepted>) {
     (
         StatusCode::ACCEPTED,
         Json(Accepted {
-            position: position.encode(),
+            position: appended.position.encode(),
         }),
     )
 }
@@ -154,52 +156,41 @@ pub(crate) async fn ready(State(app): State<AppState>) -> StatusCode {
 }
 
 /// `POST /v1/users`: reserve the handle (atomically, in the write-side table), then append
-/// UserRegistered. A reservation whose event was not appended is released.
+/// UserRegistered. Without an Idempotency-Key, a reservation whose event was not appended is
+/// released; with one, it is kept for the retry, which appends the same event.
 pub(crate) async fn register(
     State(app): State<AppState>,
+    key: IdempotencyKey,
     JsonBody(request): JsonBody<RegisterRequest>,
 ) -> Answer<Registered> {
     let handle = validate::handle(&request.handle)?;
     let display_name = validate::display_name(&request.display_name)?;
     let bio = validate::bio(request.bio.as_deref().unwrap_or(""))?;
+    let fingerprint = format!("register\n{handle}\n{display_name}\n{bio}");
     let user_id = Uuid::now_v7();
 
-    let client = app.pool.get().await?;
-    let reserve = client
-        .prepare_cached(
-            "INSERT INTO command.handles (handle, user_id) VALUES ($1, $2)
-             ON CONFLICT (handle) DO NOTHING",
-        )
-        .await?;
-    if client.execute(&reserve, &[&handle, &user_id]).await? == 0 {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "handle_taken",
-            format!("the handle `{handle}` is taken"),
-        ));
-    }
-
-    let event = Event::UserRegistered(UserRegistered {
-        user_id,
-        handle: handle.clone(),
-        display_name,
-        bio,
-    });
-    let position = match app.append(user_id, event).await {
-        Ok(position) => position,
+    let appended = app
+        .append_once(Uuid::nil(), &key, &fingerprint, async || {
+            app.reserve_handle(&handle, user_id).await?;
+            let event = Event::UserRegistered(UserRegistered {
+                user_id,
+                handle: handle.clone(),
+                display_name,
+                bio,
+            });
+            Ok(Envelope::new(user_id, event))
+        })
+        .await;
+    let appended = match appended {
+        Ok(appended) => appended,
         Err(problem) => {
-            let released = client
-                .execute(
-                    "DELETE FROM command.handles WHERE handle = $1 AND user_id = $2",
-                    &[&handle, &user_id],
-                )
-                .await;
-            if let Err(err) = released {
-                tracing::error!(error = %err, user.id = %user_id, "failed to release a handle reservation");
+            if key.0.is_none() && problem.code() == "broker_unavailable" {
+                app.release_handle(&handle, user_id).await;
             }
             return Err(problem);
         }
     };
+    let user_id = appended.envelope.actor;
     let token = app.tokens.issue(user_id)?;
     Ok((
         StatusCode::CREATED,
@@ -207,15 +198,55 @@ pub(crate) async fn register(
             user_id,
             handle,
             token,
-            position: position.encode(),
+            position: appended.position.encode(),
         }),
     ))
+}
+
+impl AppState {
+    /// Reserves `handle` for `user_id`, or answers 409 `handle_taken`.
+    async fn reserve_handle(&self, handle: &str, user_id: Uuid) -> Result<(), Problem> {
+        let client = self.pool.get().await?;
+        let reserve = client
+            .prepare_cached(
+                "INSERT INTO command.handles (handle, user_id) VALUES ($1, $2)
+                 ON CONFLICT (handle) DO NOTHING",
+            )
+            .await?;
+        if client.execute(&reserve, &[&handle, &user_id]).await? == 0 {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "handle_taken",
+                format!("the handle `{handle}` is taken"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gives up a reservation whose event was not appended.
+    async fn release_handle(&self, handle: &str, user_id: Uuid) {
+        let released = async {
+            self.pool
+                .get()
+                .await?
+                .execute(
+                    "DELETE FROM command.handles WHERE handle = $1 AND user_id = $2",
+                    &[&handle, &user_id],
+                )
+                .await
+                .map_err(Problem::from)
+        };
+        if let Err(problem) = released.await {
+            tracing::error!(code = problem.code(), user.id = %user_id, "failed to release a handle reservation");
+        }
+    }
 }
 
 /// `PATCH /v1/users/me`: change display name and/or bio.
 pub(crate) async fn update_profile(
     State(app): State<AppState>,
     Actor(actor): Actor,
+    key: IdempotencyKey,
     JsonBody(request): JsonBody<ProfileRequest>,
 ) -> Answer<Accepted> {
     if request.display_name.is_none() && request.bio.is_none() {
@@ -229,33 +260,43 @@ pub(crate) async fn update_profile(
         .map(validate::display_name)
         .transpose()?;
     let bio = request.bio.as_deref().map(validate::bio).transpose()?;
+    let fingerprint = format!("profile\n{display_name:?}\n{bio:?}");
     let event = Event::ProfileUpdated(ProfileUpdated {
         user_id: actor,
         display_name,
         bio,
     });
-    app.append(actor, event).await.map(accepted)
+    app.append_once(actor, &key, &fingerprint, async || {
+        Ok(Envelope::new(actor, event))
+    })
+    .await
+    .map(accepted)
 }
 
 /// `POST /v1/posts`: publish a post.
 pub(crate) async fn publish(
     State(app): State<AppState>,
     Actor(actor): Actor,
+    key: IdempotencyKey,
     JsonBody(request): JsonBody<PublishRequest>,
 ) -> Answer<Published> {
     let body = validate::post_body(&request.body)?;
-    let post_id = Uuid::now_v7();
-    let event = Event::PostPublished(PostPublished {
-        post_id,
-        author_id: actor,
-        body,
-    });
-    let position = app.append(actor, event).await?;
+    let fingerprint = format!("publish\n{body}");
+    let appended = app
+        .append_once(actor, &key, &fingerprint, async || {
+            let event = Event::PostPublished(PostPublished {
+                post_id: Uuid::now_v7(),
+                author_id: actor,
+                body,
+            });
+            Ok(Envelope::new(actor, event))
+        })
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Published {
-            post_id,
-            position: position.encode(),
+            post_id: appended.envelope.aggregate_id(),
+            position: appended.position.encode(),
         }),
     ))
 }
@@ -264,58 +305,75 @@ pub(crate) async fn publish(
 pub(crate) async fn delete_post(
     State(app): State<AppState>,
     Actor(actor): Actor,
+    key: IdempotencyKey,
     Path(post_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Answer<Accepted> {
     let post_id = parse_id("post_id", &post_id)?;
-    app.wait(query).await?;
-    let author = app.post_author(post_id).await?;
-    if author != actor {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only the author can delete a post",
-        ));
-    }
-    let event = Event::PostDeleted(PostDeleted {
-        post_id,
-        author_id: actor,
-    });
-    app.append(actor, event).await.map(accepted)
+    let fingerprint = format!("delete\n{post_id}");
+    app.append_once(actor, &key, &fingerprint, async || {
+        app.wait(query).await?;
+        if app.post_author(post_id).await? != actor {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only the author can delete a post",
+            ));
+        }
+        let event = Event::PostDeleted(PostDeleted {
+            post_id,
+            author_id: actor,
+        });
+        Ok(Envelope::new(actor, event))
+    })
+    .await
+    .map(accepted)
 }
 
 /// `PUT /v1/posts/{post_id}/like`.
 pub(crate) async fn like(
     State(app): State<AppState>,
     Actor(actor): Actor,
+    key: IdempotencyKey,
     Path(post_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Answer<Accepted> {
     let post_id = parse_id("post_id", &post_id)?;
-    app.wait(query).await?;
-    app.post_author(post_id).await?;
-    let event = Event::PostLiked(PostLiked {
-        post_id,
-        user_id: actor,
-    });
-    app.append(actor, event).await.map(accepted)
+    let fingerprint = format!("like\n{post_id}");
+    app.append_once(actor, &key, &fingerprint, async || {
+        app.wait(query).await?;
+        app.post_author(post_id).await?;
+        let event = Event::PostLiked(PostLiked {
+            post_id,
+            user_id: actor,
+        });
+        Ok(Envelope::new(actor, event))
+    })
+    .await
+    .map(accepted)
 }
 
 /// `DELETE /v1/posts/{post_id}/like`.
 pub(crate) async fn unlike(
     State(app): State<AppState>,
     Actor(actor): Actor,
+    key: IdempotencyKey,
     Path(post_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Answer<Accepted> {
     let post_id = parse_id("post_id", &post_id)?;
-    app.wait(query).await?;
-    app.post_author(post_id).await?;
-    let event = Event::PostUnliked(PostUnliked {
-        post_id,
-        user_id: actor,
-    });
-    app.append(actor, event).await.map(accepted)
+    let fingerprint = format!("unlike\n{post_id}");
+    app.append_once(actor, &key, &fingerprint, async || {
+        app.wait(query).await?;
+        app.post_author(post_id).await?;
+        let event = Event::PostUnliked(PostUnliked {
+            post_id,
+            user_id: actor,
+        });
+        Ok(Envelope::new(actor, event))
+    })
+    .await
+    .map(accepted)
 }
 
 fn not_self(actor: Uuid, user_id: Uuid) -> Result<(), Problem> {
@@ -334,34 +392,46 @@ fn not_self(actor: Uuid, user_id: Uuid) -> Result<(), Problem> {
 pub(crate) async fn follow(
     State(app): State<AppState>,
     Actor(actor): Actor,
+    key: IdempotencyKey,
     Path(user_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Answer<Accepted> {
     let followee = parse_id("user_id", &user_id)?;
     not_self(actor, followee)?;
-    app.wait(query).await?;
-    app.user_exists(followee).await?;
-    let event = Event::UserFollowed(UserFollowed {
-        follower_id: actor,
-        followee_id: followee,
-    });
-    app.append(actor, event).await.map(accepted)
+    let fingerprint = format!("follow\n{followee}");
+    app.append_once(actor, &key, &fingerprint, async || {
+        app.wait(query).await?;
+        app.user_exists(followee).await?;
+        let event = Event::UserFollowed(UserFollowed {
+            follower_id: actor,
+            followee_id: followee,
+        });
+        Ok(Envelope::new(actor, event))
+    })
+    .await
+    .map(accepted)
 }
 
 /// `DELETE /v1/users/me/following/{user_id}`.
 pub(crate) async fn unfollow(
     State(app): State<AppState>,
     Actor(actor): Actor,
+    key: IdempotencyKey,
     Path(user_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Answer<Accepted> {
     let followee = parse_id("user_id", &user_id)?;
     not_self(actor, followee)?;
-    app.wait(query).await?;
-    app.user_exists(followee).await?;
-    let event = Event::UserUnfollowed(UserUnfollowed {
-        follower_id: actor,
-        followee_id: followee,
-    });
-    app.append(actor, event).await.map(accepted)
+    let fingerprint = format!("unfollow\n{followee}");
+    app.append_once(actor, &key, &fingerprint, async || {
+        app.wait(query).await?;
+        app.user_exists(followee).await?;
+        let event = Event::UserUnfollowed(UserUnfollowed {
+            follower_id: actor,
+            followee_id: followee,
+        });
+        Ok(Envelope::new(actor, event))
+    })
+    .await
+    .map(accepted)
 }

@@ -8,6 +8,7 @@
 
 mod auth;
 mod handlers;
+mod idempotency;
 mod validate;
 
 use std::future::Future;
@@ -30,11 +31,18 @@ pub use auth::Secret;
 pub const SCHEMA: &str = "command";
 
 /// Migrations of the `command` schema.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "handles",
-    sql: include_str!("../migrations/0001_handles.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "handles",
+        sql: include_str!("../migrations/0001_handles.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "idempotency_keys",
+        sql: include_str!("../migrations/0002_idempotency_keys.sql"),
+    },
+];
 
 /// Configuration of the command API, from the environment (or flags).
 #[derive(Debug, Clone, clap::Parser)]

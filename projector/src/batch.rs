@@ -9,7 +9,10 @@
 use chronicle_events::Envelope;
 use chronicle_infra::db::is_transient;
 use chronicle_infra::progress::{CHANNEL, notification_payload};
+use std::collections::HashSet;
+
 use deadpool_postgres::{Pool, Transaction};
+use uuid::Uuid;
 
 use crate::projection::{CounterDeltas, apply};
 
@@ -93,10 +96,21 @@ impl Partition<'_> {
         &self,
         pool: &Pool,
         expected: i64,
-        records: &[Record],
+        records_in: &[Record],
         careful: bool,
     ) -> Result<Outcome, BatchError> {
-        let records: Vec<&Record> = records.iter().filter(|r| r.offset >= expected).collect();
+        // Only what comes after the stored offset, strictly increasing: after a seek the same
+        // offsets can arrive twice.
+        let mut records: Vec<&Record> = Vec::with_capacity(records_in.len());
+        for record in records_in {
+            if record.offset >= expected
+                && records
+                    .last()
+                    .is_none_or(|last| record.offset > last.offset)
+            {
+                records.push(record);
+            }
+        }
         let Some(last) = records.last() else {
             return Ok(Outcome::Applied {
                 next: expected,
@@ -123,30 +137,41 @@ impl Partition<'_> {
             return Ok(Outcome::Fenced { stored });
         }
 
+        let decoded: Vec<(&Record, Result<Envelope, String>)> = records
+            .into_iter()
+            .map(|record| {
+                let envelope = match record.payload.as_deref() {
+                    Some(payload) => Envelope::from_json(payload).map_err(|err| err.to_string()),
+                    None => Err("the message has no payload".to_owned()),
+                };
+                (record, envelope)
+            })
+            .collect();
+        let mut unseen = first_sightings(&tx, &decoded).await?;
+
         let mut deltas = CounterDeltas::default();
         let (mut applied, mut dead) = (0, 0);
-        for record in records {
-            let envelope = match record.payload.as_deref().map(Envelope::from_json) {
-                Some(Ok(envelope)) => envelope,
-                Some(Err(err)) => {
-                    self.park(&tx, record, &err.to_string()).await?;
-                    dead += 1;
-                    continue;
-                }
-                None => {
-                    self.park(&tx, record, "the message has no payload").await?;
+        for (record, envelope) in &decoded {
+            let envelope = match envelope {
+                Ok(envelope) => envelope,
+                Err(err) => {
+                    self.park(&tx, record, err).await?;
                     dead += 1;
                     continue;
                 }
             };
+            if !unseen.remove(&envelope.event_id) {
+                tracing::info!(event.id = %envelope.event_id, "skipping an event applied before");
+                continue;
+            }
             if !careful {
-                apply(&tx, &envelope, &mut deltas).await?;
+                apply(&tx, envelope, &mut deltas).await?;
                 applied += 1;
                 continue;
             }
             let mut own = CounterDeltas::default();
             let savepoint = tx.savepoint("event").await?;
-            match apply(&savepoint, &envelope, &mut own).await {
+            match apply(&savepoint, envelope, &mut own).await {
                 Ok(()) => {
                     savepoint.commit().await?;
                     deltas.merge(own);
@@ -207,4 +232,31 @@ impl Partition<'_> {
         .await?;
         Ok(())
     }
+}
+
+/// The ids among `decoded` that were never applied before, recording them as applied. An event
+/// appended twice (a retried command whose first answer was lost) is thereby applied once.
+async fn first_sightings(
+    tx: &Transaction<'_>,
+    decoded: &[(&Record, Result<Envelope, String>)],
+) -> Result<HashSet<Uuid>, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = decoded
+        .iter()
+        .filter_map(|(_, envelope)| envelope.as_ref().ok().map(|e| e.event_id))
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO projection.applied_events (event_id) SELECT unnest($1::uuid[])
+             ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+        )
+        .await?;
+    Ok(tx
+        .query(&statement, &[&ids])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
 }

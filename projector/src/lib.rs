@@ -37,11 +37,18 @@ use crate::consumer::{ConsumeSettings, EventConsumer};
 pub const SCHEMA: &str = "projection";
 
 /// Migrations of the `projection` schema.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "read_models",
-    sql: include_str!("../migrations/0001_read_models.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "read_models",
+        sql: include_str!("../migrations/0001_read_models.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "applied_events",
+        sql: include_str!("../migrations/0002_applied_events.sql"),
+    },
+];
 
 /// The projector's command line: what to do, and the configuration (from the environment).
 #[derive(Debug, clap::Parser)]

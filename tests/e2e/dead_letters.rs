@@ -14,7 +14,7 @@ use crate::harness::{TestApp, TestPost};
 
 /// The partition holding the message keyed `key`, found by reading the topic from the start
 /// (so the test does not depend on the producer's partitioner).
-async fn partition_of(app: &TestApp, key: &str) -> i32 {
+pub(crate) async fn partition_of(app: &TestApp, key: &str) -> i32 {
     let brokers = app.kafka_brokers.clone();
     let topic = app.topic.clone();
     let group = format!("t_{}.inspector", app.id);

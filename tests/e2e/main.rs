@@ -22,6 +22,7 @@ mod auth;
 mod consistency;
 mod crash;
 mod dead_letters;
+mod duplicates;
 mod pagination;
 mod projector_group;
 mod scenario;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::harness::{NO_POSITIONS, Resp, TestApp, TestPost, TestUser, post_ids, user_ids};
@@ -379,4 +380,50 @@ async fn services_report_health_metrics_and_request_ids() {
         .await;
     not_found.assert_problem(404, "user_not_found");
     assert!(not_found.header("x-request-id").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_command_with_an_idempotency_key_takes_effect_once() {
+    // Arrange
+    let app = TestApp::spawn().await;
+    let writer = app.register_user("writer", "Writer").await;
+    let other = app.register_user("other", "Other").await;
+    let publish = |user: &TestUser, key: &str| {
+        app.command(Method::POST, "/v1/posts")
+            .bearer_auth(&user.token)
+            .header("Idempotency-Key", key)
+            .json(&json!({ "body": "only once" }))
+    };
+
+    // Act
+    let first = app.send(publish(&writer, "retry-key-1")).await;
+    let retry = app.send(publish(&writer, "retry-key-1")).await;
+    let same_key_other_user = app.send(publish(&other, "retry-key-1")).await;
+
+    // Assert
+    first.assert_status(202);
+    retry.assert_status(202);
+    same_key_other_user.assert_status(202);
+    assert_eq!(
+        (retry.str_field("post_id"), retry.str_field("position")),
+        (first.str_field("post_id"), first.str_field("position")),
+        "a retry with the same Idempotency-Key must return the first answer"
+    );
+    assert_ne!(
+        same_key_other_user.str_field("post_id"),
+        first.str_field("post_id"),
+        "idempotency keys are per user"
+    );
+    let positions = vec![
+        writer.position.clone(),
+        other.position.clone(),
+        first.str_field("position"),
+        same_key_other_user.str_field("position"),
+    ];
+    let feed = app
+        .collect_pages(&format!("/v1/users/{}/posts", writer.id), &positions)
+        .await;
+    assert_eq!(post_ids(&feed), vec![first.str_field("post_id")]);
+    let profile = app.get_user(&writer.id, &positions).await;
+    assert_eq!(profile.u64_field("post_count"), 1);
 }
