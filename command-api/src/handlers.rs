@@ -12,55 +12,77 @@ use chronicle_infra::http::{JsonBody, min_positions, parse_id, query_pairs, wait
 use chronicle_infra::kafka::ProduceError;
 use chronicle_infra::{Position, Problem};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Actor;
 use crate::idempotency::{Appended, IdempotencyKey};
+use crate::openapi::{IdempotencyHeader, MinPositions};
 use crate::validate;
+use chronicle_infra::problem::ProblemBody;
 
 type Answer<T> = Result<(StatusCode, Json<T>), Problem>;
 
-#[derive(Debug, Deserialize)]
+/// A registration.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegisterRequest {
+    /// Trimmed and lowercased, then 3–30 characters of `[a-z0-9_]`; unique.
+    #[schema(example = "alice")]
     handle: String,
+    /// 1–50 characters after trimming.
+    #[schema(example = "Alice")]
     display_name: String,
+    /// At most 160 characters.
     #[serde(default)]
     bio: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A new user, with a token for their commands.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Registered {
     user_id: Uuid,
     handle: String,
+    /// A bearer token (JWT) whose subject is the new user.
     token: String,
+    /// Where the UserRegistered event sits in the log (for `min_position`).
     position: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// A profile change; give at least one field.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProfileRequest {
+    /// 1–50 characters after trimming.
     #[serde(default)]
     display_name: Option<String>,
+    /// At most 160 characters; empty clears it.
     #[serde(default)]
     bio: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A new post.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PublishRequest {
+    /// 1–1000 characters after trimming.
+    #[schema(example = "Hello, Chronicle!")]
     body: String,
 }
 
-#[derive(Debug, Serialize)]
+/// A published post.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Published {
     post_id: Uuid,
+    /// Where the PostPublished event sits in the log (for `min_position`).
     position: String,
 }
 
-#[derive(Debug, Serialize)]
+/// An accepted command.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Accepted {
+    /// Where the command's event sits in the log (for `min_position`).
     position: String,
 }
 
@@ -158,6 +180,10 @@ pub(crate) async fn ready(State(app): State<AppState>) -> StatusCode {
 /// `POST /v1/users`: reserve the handle (atomically, in the write-side table), then append
 /// UserRegistered. Without an Idempotency-Key, a reservation whose event was not appended is
 /// released; with one, it is kept for the retry, which appends the same event.
+#[utoipa::path(post, path = "/v1/users", tag = "users", request_body = RegisterRequest,
+    params(IdempotencyHeader),
+    responses((status = 201, description = "Registered", body = Registered), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 422, description = "A field breaks its rule (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The handle is taken (`handle_taken`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn register(
     State(app): State<AppState>,
     key: IdempotencyKey,
@@ -243,6 +269,9 @@ impl AppState {
 }
 
 /// `PATCH /v1/users/me`: change display name and/or bio.
+#[utoipa::path(patch, path = "/v1/users/me", tag = "users", request_body = ProfileRequest,
+    params(IdempotencyHeader), security(("bearer" = [])),
+    responses((status = 202, description = "Accepted: the event is in the log", body = Accepted), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"), (status = 422, description = "A field breaks its rule (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn update_profile(
     State(app): State<AppState>,
     Actor(actor): Actor,
@@ -274,6 +303,9 @@ pub(crate) async fn update_profile(
 }
 
 /// `POST /v1/posts`: publish a post.
+#[utoipa::path(post, path = "/v1/posts", tag = "posts", request_body = PublishRequest,
+    params(IdempotencyHeader), security(("bearer" = [])),
+    responses((status = 202, description = "Published", body = Published), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"), (status = 422, description = "A field breaks its rule (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn publish(
     State(app): State<AppState>,
     Actor(actor): Actor,
@@ -302,6 +334,10 @@ pub(crate) async fn publish(
 }
 
 /// `DELETE /v1/posts/{post_id}`: only the author may delete a post.
+#[utoipa::path(delete, path = "/v1/posts/{post_id}", tag = "posts", params(("post_id" = Uuid, Path, description = "The post"), MinPositions, IdempotencyHeader), security(("bearer" = [])),
+    responses((status = 202, description = "Accepted: the event is in the log", body = Accepted), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not your post (`forbidden`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn delete_post(
     State(app): State<AppState>,
     Actor(actor): Actor,
@@ -331,6 +367,8 @@ pub(crate) async fn delete_post(
 }
 
 /// `PUT /v1/posts/{post_id}/like`.
+#[utoipa::path(put, path = "/v1/posts/{post_id}/like", tag = "posts", params(("post_id" = Uuid, Path, description = "The post"), MinPositions, IdempotencyHeader), security(("bearer" = [])),
+    responses((status = 202, description = "Accepted: the event is in the log", body = Accepted), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn like(
     State(app): State<AppState>,
     Actor(actor): Actor,
@@ -354,6 +392,8 @@ pub(crate) async fn like(
 }
 
 /// `DELETE /v1/posts/{post_id}/like`.
+#[utoipa::path(delete, path = "/v1/posts/{post_id}/like", tag = "posts", params(("post_id" = Uuid, Path, description = "The post"), MinPositions, IdempotencyHeader), security(("bearer" = [])),
+    responses((status = 202, description = "Accepted: the event is in the log", body = Accepted), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn unlike(
     State(app): State<AppState>,
     Actor(actor): Actor,
@@ -389,6 +429,9 @@ fn not_self(actor: Uuid, user_id: Uuid) -> Result<(), Problem> {
 }
 
 /// `PUT /v1/users/me/following/{user_id}`.
+#[utoipa::path(put, path = "/v1/users/me/following/{user_id}", tag = "users", params(("user_id" = Uuid, Path, description = "The user to follow or unfollow"), MinPositions, IdempotencyHeader), security(("bearer" = [])),
+    responses((status = 202, description = "Accepted: the event is in the log", body = Accepted), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Following yourself (`cannot_follow_self`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn follow(
     State(app): State<AppState>,
     Actor(actor): Actor,
@@ -413,6 +456,9 @@ pub(crate) async fn follow(
 }
 
 /// `DELETE /v1/users/me/following/{user_id}`.
+#[utoipa::path(delete, path = "/v1/users/me/following/{user_id}", tag = "users", params(("user_id" = Uuid, Path, description = "The user to follow or unfollow"), MinPositions, IdempotencyHeader), security(("bearer" = [])),
+    responses((status = 202, description = "Accepted: the event is in the log", body = Accepted), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Following yourself (`cannot_follow_self`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn unfollow(
     State(app): State<AppState>,
     Actor(actor): Actor,

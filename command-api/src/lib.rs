@@ -9,6 +9,7 @@
 mod auth;
 mod handlers;
 mod idempotency;
+mod openapi;
 mod validate;
 
 use std::future::Future;
@@ -26,6 +27,7 @@ use chronicle_infra::telemetry::LogFormat;
 use deadpool_postgres::Pool;
 
 pub use auth::Secret;
+pub use openapi::document as openapi_document;
 
 /// The schema the command API owns.
 pub const SCHEMA: &str = "command";
@@ -149,7 +151,7 @@ impl Application {
         let server = Server::bind("command-api", config.addr).await?;
         Ok(Application {
             server,
-            router: with_common_layers(router(state), metrics),
+            router: with_common_layers(router(state), metrics, Some(openapi::document())),
             producer,
         })
     }

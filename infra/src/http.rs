@@ -41,9 +41,26 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .context("failed to install the metrics recorder")
 }
 
-/// Adds what every service has: `/healthz`, `/metrics`, problem documents for unknown routes and
-/// methods, the body limit, request ids, request tracing, metrics and panic safety.
-pub fn with_common_layers(router: Router, metrics: PrometheusHandle) -> Router {
+/// Adds what every service has: `/healthz`, `/metrics`, `/openapi.json` (when given), problem
+/// documents for unknown routes and methods, the body limit, request ids, request tracing,
+/// metrics and panic safety.
+pub fn with_common_layers(
+    router: Router,
+    metrics: PrometheusHandle,
+    openapi: Option<utoipa::openapi::OpenApi>,
+) -> Router {
+    let router = match openapi {
+        Some(document) => {
+            let json = Bytes::from(document.to_json().unwrap_or_default());
+            router.route(
+                "/openapi.json",
+                get(move || {
+                    std::future::ready(([(header::CONTENT_TYPE, "application/json")], json.clone()))
+                }),
+            )
+        }
+        None => router,
+    };
     router
         .route(
             "/healthz",
@@ -210,6 +227,17 @@ pub fn min_positions(pairs: &[(String, String)]) -> Result<Vec<Position>, Proble
             })
         })
         .collect()
+}
+
+/// The `min_position` query parameter, as documented in the OpenAPI documents.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MinPositions {
+    /// Answer only once the read models include this position (a `position` returned by a
+    /// command); repeat for several. Waits at most `CHRONICLE_CONSISTENCY_WAIT_MS`, then
+    /// answers 503 `stale_read`.
+    #[param(explode = true, style = Form)]
+    pub min_position: Option<Vec<String>>,
 }
 
 /// Waits until the read models include every position, or answers 503 `stale_read`.

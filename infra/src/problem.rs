@@ -19,13 +19,22 @@ pub struct Problem {
     retry_after: Option<Duration>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The JSON body of a problem (RFC 9457), as documented in the OpenAPI documents.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemBody<'a> {
+    /// A URI naming the kind of problem: `urn:chronicle:problem:<code>`.
     #[serde(rename = "type")]
+    #[schema(example = "urn:chronicle:problem:post_not_found")]
     kind: String,
+    /// A short summary of the kind of problem.
     title: &'static str,
+    /// The HTTP status code.
     status: u16,
+    /// What went wrong in this occurrence.
     detail: &'a str,
+    /// A stable snake_case error code, e.g. `validation_failed`, `handle_taken`, `stale_read`.
+    #[schema(example = "post_not_found")]
     code: &'static str,
 }
 
@@ -144,7 +153,7 @@ fn title(code: &str) -> &'static str {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = Body {
+        let body = ProblemBody {
             kind: format!("urn:chronicle:problem:{}", self.code),
             title: title(self.code),
             status: self.status.as_u16(),

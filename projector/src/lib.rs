@@ -155,6 +155,7 @@ impl Projector {
                 .route("/readyz", get(ready))
                 .with_state(health),
             metrics,
+            None,
         );
         Ok(Projector {
             config,

@@ -5,11 +5,14 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use chronicle_infra::Problem;
+use chronicle_infra::http::MinPositions;
 use chronicle_infra::http::{min_positions, parse_id, query_pairs, wait_for_positions};
+use chronicle_infra::problem::ProblemBody;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -24,7 +27,8 @@ fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-#[derive(Debug, Serialize)]
+/// A user's profile and counters.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Profile {
     user_id: Uuid,
     handle: String,
@@ -38,14 +42,16 @@ pub(crate) struct Profile {
     likes_given: i64,
 }
 
-#[derive(Debug, Serialize)]
+/// Who a user is, in short.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct UserSummary {
     user_id: Uuid,
     handle: String,
     display_name: String,
 }
 
-#[derive(Debug, Serialize)]
+/// A post with its author.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Post {
     post_id: Uuid,
     author: UserSummary,
@@ -54,16 +60,31 @@ pub(crate) struct Post {
     like_count: i64,
 }
 
-#[derive(Debug, Serialize)]
+/// One like of a post.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Like {
     user: UserSummary,
     liked_at: String,
 }
 
-#[derive(Debug, Serialize)]
-pub(crate) struct Page<T> {
+/// A page of a list, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Page<T: ToSchema> {
     items: Vec<T>,
+    /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
+}
+
+/// Paging parameters of list endpoints.
+#[derive(Debug, serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct Paging {
+    /// Items per page, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
 }
 
 /// The parameters every read takes.
@@ -132,7 +153,7 @@ fn post_not_found() -> Problem {
 }
 
 /// Turns `limit + 1` rows into a page: the extra row only says there is a next page.
-fn page<T>(
+fn page<T: ToSchema>(
     rows: Vec<Row>,
     limit: i64,
     key: impl Fn(&Row) -> Cursor,
@@ -178,6 +199,8 @@ fn profile_from(row: &Row) -> Profile {
 }
 
 /// `GET /v1/users/{user_id}`.
+#[utoipa::path(get, path = "/v1/users/{user_id}", tag = "users", params(("user_id" = Uuid, Path, description = "The user"), MinPositions),
+    responses((status = 200, body = Profile), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn profile(
     State(app): State<AppState>,
     Path(user_id): Path<String>,
@@ -195,6 +218,8 @@ pub(crate) async fn profile(
 }
 
 /// `GET /v1/users/by-handle/{handle}`: handles are matched as registered (trimmed, lowercase).
+#[utoipa::path(get, path = "/v1/users/by-handle/{handle}", tag = "users", params(("handle" = String, Path, description = "The handle (matched trimmed and lowercased)"), MinPositions),
+    responses((status = 200, body = Profile), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn profile_by_handle(
     State(app): State<AppState>,
     Path(handle): Path<String>,
@@ -257,6 +282,8 @@ async fn post_page(
 }
 
 /// `GET /v1/feed`: every post, newest first.
+#[utoipa::path(get, path = "/v1/feed", tag = "posts", params(Paging, MinPositions),
+    responses((status = 200, body = Page<Post>), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn global_feed(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
@@ -266,6 +293,8 @@ pub(crate) async fn global_feed(
 }
 
 /// `GET /v1/users/{user_id}/posts`: the author feed.
+#[utoipa::path(get, path = "/v1/users/{user_id}/posts", tag = "posts", params(("user_id" = Uuid, Path, description = "The user"), Paging, MinPositions),
+    responses((status = 200, body = Page<Post>), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn author_feed(
     State(app): State<AppState>,
     Path(user_id): Path<String>,
@@ -278,6 +307,8 @@ pub(crate) async fn author_feed(
 }
 
 /// `GET /v1/users/{user_id}/timeline`: posts by the user and everyone they follow.
+#[utoipa::path(get, path = "/v1/users/{user_id}/timeline", tag = "posts", params(("user_id" = Uuid, Path, description = "The user"), Paging, MinPositions),
+    responses((status = 200, body = Page<Post>), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn timeline(
     State(app): State<AppState>,
     Path(user_id): Path<String>,
@@ -292,6 +323,8 @@ pub(crate) async fn timeline(
 }
 
 /// `GET /v1/posts/{post_id}`.
+#[utoipa::path(get, path = "/v1/posts/{post_id}", tag = "posts", params(("post_id" = Uuid, Path, description = "The post"), MinPositions),
+    responses((status = 200, body = Post), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn post(
     State(app): State<AppState>,
     Path(post_id): Path<String>,
@@ -324,6 +357,8 @@ fn summary_key(row: &Row) -> Cursor {
 }
 
 /// `GET /v1/posts/{post_id}/likes`: who liked a post, most recent first.
+#[utoipa::path(get, path = "/v1/posts/{post_id}/likes", tag = "posts", params(("post_id" = Uuid, Path, description = "The post"), Paging, MinPositions),
+    responses((status = 200, body = Page<Like>), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn likes(
     State(app): State<AppState>,
     Path(post_id): Path<String>,
@@ -393,6 +428,8 @@ async fn follow_page(
 }
 
 /// `GET /v1/users/{user_id}/followers`.
+#[utoipa::path(get, path = "/v1/users/{user_id}/followers", tag = "users", params(("user_id" = Uuid, Path, description = "The user"), Paging, MinPositions),
+    responses((status = 200, body = Page<UserSummary>), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn followers(
     State(app): State<AppState>,
     Path(user_id): Path<String>,
@@ -402,6 +439,8 @@ pub(crate) async fn followers(
 }
 
 /// `GET /v1/users/{user_id}/following`.
+#[utoipa::path(get, path = "/v1/users/{user_id}/following", tag = "users", params(("user_id" = Uuid, Path, description = "The user"), Paging, MinPositions),
+    responses((status = 200, body = Page<UserSummary>), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn following(
     State(app): State<AppState>,
     Path(user_id): Path<String>,

@@ -7,6 +7,9 @@
 
 mod cursor;
 mod handlers;
+mod openapi;
+
+pub use openapi::document as openapi_document;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -100,7 +103,7 @@ impl Application {
         let server = Server::bind("query-api", config.addr).await?;
         Ok(Application {
             server,
-            router: with_common_layers(router(state), metrics),
+            router: with_common_layers(router(state), metrics, Some(openapi::document())),
         })
     }
 

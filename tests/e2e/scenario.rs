@@ -336,7 +336,7 @@ async fn read_models_follow_a_social_scenario() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn services_report_health_metrics_and_request_ids() {
+async fn services_report_health_metrics_openapi_and_request_ids() {
     // Arrange
     let app = TestApp::spawn().await;
     let projector = app.projector_url().expect("a projector runs");
@@ -352,6 +352,15 @@ async fn services_report_health_metrics_and_request_ids() {
         assert!(
             metrics.content_type().starts_with("text/plain"),
             "metrics: {metrics}"
+        );
+
+        let openapi = app
+            .send(app.client.get(format!("{base}/openapi.json")))
+            .await;
+        openapi.assert_status(200);
+        assert!(
+            openapi.str_field("openapi").starts_with("3.1"),
+            "{base}/openapi.json is not OpenAPI 3.1"
         );
 
         let echoed = app
