@@ -69,6 +69,9 @@ pub(crate) struct PublishRequest {
     /// 1–1000 characters after trimming.
     #[schema(example = "Hello, Chronicle!")]
     body: String,
+    /// The post this one replies to; it must exist (404 `post_not_found` otherwise).
+    #[serde(default)]
+    reply_to: Option<Uuid>,
 }
 
 /// A published post.
@@ -304,22 +307,29 @@ pub(crate) async fn update_profile(
 
 /// `POST /v1/posts`: publish a post.
 #[utoipa::path(post, path = "/v1/posts", tag = "posts", request_body = PublishRequest,
-    params(IdempotencyHeader), security(("bearer" = [])),
+    params(MinPositions, IdempotencyHeader), security(("bearer" = [])),
     responses((status = 202, description = "Published", body = Published), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"), (status = 422, description = "A field breaks its rule (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn publish(
     State(app): State<AppState>,
     Actor(actor): Actor,
     key: IdempotencyKey,
+    RawQuery(query): RawQuery,
     JsonBody(request): JsonBody<PublishRequest>,
 ) -> Answer<Published> {
     let body = validate::post_body(&request.body)?;
-    let fingerprint = format!("publish\n{body}");
+    let reply_to = request.reply_to;
+    let fingerprint = format!("publish\n{reply_to:?}\n{body}");
     let appended = app
         .append_once(actor, &key, &fingerprint, async || {
+            if let Some(parent) = reply_to {
+                app.wait(query).await?;
+                app.post_author(parent).await?;
+            }
             let event = Event::PostPublished(PostPublished {
                 post_id: Uuid::now_v7(),
                 author_id: actor,
                 body,
+                reply_to,
             });
             Ok(Envelope::new(actor, event))
         })

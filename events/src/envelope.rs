@@ -49,6 +49,16 @@ pub enum DecodeError {
         /// The newest version this build reads.
         current: u32,
     },
+    /// No upcaster could bring the payload to the current version.
+    #[error("cannot upgrade {event_type} v{version}: {reason}")]
+    Upcast {
+        /// The event's type.
+        event_type: &'static str,
+        /// The version found in the envelope.
+        version: u32,
+        /// What went wrong.
+        reason: String,
+    },
     /// The payload does not match the schema of its type and version.
     #[error("invalid {event_type} v{version} payload: {source}")]
     Payload {
@@ -140,7 +150,15 @@ impl Envelope {
                 current,
             });
         }
-        let event = Event::from_data(kind, wire.data).map_err(|source| DecodeError::Payload {
+        let data =
+            crate::upcast::to_current(kind, wire.schema_version, wire.data).map_err(|reason| {
+                DecodeError::Upcast {
+                    event_type: kind.name(),
+                    version: wire.schema_version,
+                    reason,
+                }
+            })?;
+        let event = Event::from_data(kind, data).map_err(|source| DecodeError::Payload {
             event_type: kind.name(),
             version: wire.schema_version,
             source,
@@ -211,6 +229,13 @@ mod tests {
                 post_id: b,
                 author_id: a,
                 body: "hello\nworld".into(),
+                reply_to: None,
+            }),
+            Event::PostPublished(PostPublished {
+                post_id: b,
+                author_id: a,
+                body: "a reply".into(),
+                reply_to: Some(a),
             }),
             Event::PostDeleted(PostDeleted {
                 post_id: b,

@@ -34,7 +34,7 @@ pub struct ProfileUpdated {
     pub bio: Option<String>,
 }
 
-/// A user published a post.
+/// A user published a post, possibly as a reply to another post (schema v2; v1 had no replies).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostPublished {
     /// The new post's id (UUIDv7, made by the command side).
@@ -43,6 +43,8 @@ pub struct PostPublished {
     pub author_id: Uuid,
     /// The text of the post, trimmed.
     pub body: String,
+    /// The post this one replies to, if any.
+    pub reply_to: Option<Uuid>,
 }
 
 /// The author deleted their post.
@@ -164,9 +166,14 @@ impl EventKind {
         EventKind::ALL.into_iter().find(|kind| kind.name() == name)
     }
 
-    /// The schema version new events of this kind are written in.
+    /// The schema version new events of this kind are written in. Older versions are read
+    /// through the upcasters in `upcast.rs`.
     pub fn current_version(self) -> u32 {
-        1
+        match self {
+            // v2: `reply_to`.
+            EventKind::PostPublished => 2,
+            _ => 1,
+        }
     }
 }
 

@@ -10,6 +10,8 @@
 
 mod envelope;
 mod event;
+pub mod fixtures;
+mod upcast;
 
 pub use envelope::{DecodeError, Envelope};
 pub use event::{

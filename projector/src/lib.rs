@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "applied_events",
         sql: include_str!("../migrations/0002_applied_events.sql"),
     },
+    Migration {
+        version: 3,
+        name: "replies",
+        sql: include_str!("../migrations/0003_replies.sql"),
+    },
 ];
 
 /// The projector's command line: what to do, and the configuration (from the environment).

@@ -21,29 +21,67 @@ const FOLLOWING: usize = 2;
 const LIKES_RECEIVED: usize = 3;
 const LIKES_GIVEN: usize = 4;
 
-/// Counter changes collected while applying events, written by [`CounterDeltas::write`].
+/// Counter changes collected while applying events, written by [`CounterDeltas::write`]:
+/// per user, and per post (replies).
 #[derive(Debug, Default)]
-pub(crate) struct CounterDeltas(BTreeMap<Uuid, Deltas>);
+pub(crate) struct CounterDeltas {
+    users: BTreeMap<Uuid, Deltas>,
+    replies: BTreeMap<Uuid, i64>,
+}
 
 impl CounterDeltas {
     fn add(&mut self, user: Uuid, counter: usize, by: i64) {
-        self.0.entry(user).or_default()[counter] += by;
+        self.users.entry(user).or_default()[counter] += by;
+    }
+
+    fn add_reply(&mut self, parent: Uuid, by: i64) {
+        *self.replies.entry(parent).or_default() += by;
     }
 
     /// Adds `other`'s changes to these.
     pub(crate) fn merge(&mut self, other: CounterDeltas) {
-        for (user, deltas) in other.0 {
-            let mine = self.0.entry(user).or_default();
+        for (user, deltas) in other.users {
+            let mine = self.users.entry(user).or_default();
             for (m, d) in mine.iter_mut().zip(deltas) {
                 *m += d;
             }
         }
+        for (post, by) in other.replies {
+            self.add_reply(post, by);
+        }
     }
 
-    /// Writes the changes, in ascending user id, in one statement.
+    /// Writes the changes: users, then posts, each in ascending id, so that concurrent batches
+    /// take row locks in one global order.
     pub(crate) async fn write(&self, tx: &Transaction<'_>) -> Result<(), Error> {
+        self.write_users(tx).await?;
+        self.write_replies(tx).await
+    }
+
+    async fn write_replies(&self, tx: &Transaction<'_>) -> Result<(), Error> {
+        let (posts, by): (Vec<Uuid>, Vec<i64>) = self
+            .replies
+            .iter()
+            .filter(|(_, by)| **by != 0)
+            .map(|(post, by)| (*post, *by))
+            .unzip();
+        if posts.is_empty() {
+            return Ok(());
+        }
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO projection.post_counters AS c (post_id, reply_count)
+                 SELECT * FROM unnest($1::uuid[], $2::int8[]) ORDER BY 1
+                 ON CONFLICT (post_id) DO UPDATE SET reply_count = c.reply_count + EXCLUDED.reply_count",
+            )
+            .await?;
+        tx.execute(&statement, &[&posts, &by]).await?;
+        Ok(())
+    }
+
+    async fn write_users(&self, tx: &Transaction<'_>) -> Result<(), Error> {
         let changed: Vec<(&Uuid, &Deltas)> = self
-            .0
+            .users
             .iter()
             .filter(|(_, d)| d.iter().any(|n| *n != 0))
             .collect();
@@ -117,16 +155,22 @@ pub(crate) async fn apply(
         Event::PostPublished(e) => {
             let statement = tx
                 .prepare_cached(
-                    "INSERT INTO projection.posts (post_id, author_id, body, published_at)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (post_id) DO NOTHING",
+                    "INSERT INTO projection.posts (post_id, author_id, body, published_at, reply_to)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (post_id) DO NOTHING",
                 )
                 .await?;
             if tx
-                .execute(&statement, &[&e.post_id, &e.author_id, &e.body, &at])
+                .execute(
+                    &statement,
+                    &[&e.post_id, &e.author_id, &e.body, &at, &e.reply_to],
+                )
                 .await?
                 == 1
             {
                 deltas.add(e.author_id, POSTS, 1);
+                if let Some(parent) = e.reply_to {
+                    deltas.add_reply(parent, 1);
+                }
             }
         }
         Event::PostDeleted(e) => {
@@ -134,7 +178,7 @@ pub(crate) async fn apply(
                 .prepare_cached(
                     "UPDATE projection.posts SET deleted_at = $2, like_count = 0
                      WHERE post_id = $1 AND deleted_at IS NULL
-                     RETURNING author_id",
+                     RETURNING author_id, reply_to",
                 )
                 .await?;
             let Some(row) = tx.query_opt(&statement, &[&e.post_id, &at]).await? else {
@@ -142,6 +186,9 @@ pub(crate) async fn apply(
             };
             let author: Uuid = row.get(0);
             deltas.add(author, POSTS, -1);
+            if let Some(parent) = row.get::<_, Option<Uuid>>(1) {
+                deltas.add_reply(parent, -1);
+            }
             let statement = tx
                 .prepare_cached("DELETE FROM projection.likes WHERE post_id = $1 RETURNING user_id")
                 .await?;

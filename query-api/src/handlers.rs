@@ -58,6 +58,10 @@ pub(crate) struct Post {
     body: String,
     published_at: String,
     like_count: i64,
+    /// The post this one replies to, if any.
+    reply_to: Option<Uuid>,
+    /// Replies to this post that are not deleted.
+    reply_count: i64,
 }
 
 /// One like of a post.
@@ -237,8 +241,9 @@ pub(crate) async fn profile_by_handle(
 }
 
 const POSTS: &str = "SELECT p.post_id, p.body, p.published_at, p.like_count,
-        u.user_id, u.handle, u.display_name
+        u.user_id, u.handle, u.display_name, p.reply_to, coalesce(c.reply_count, 0)
     FROM projection.posts p JOIN projection.users u ON u.user_id = p.author_id
+    LEFT JOIN projection.post_counters c ON c.post_id = p.post_id
     WHERE p.deleted_at IS NULL";
 
 const POSTS_PAGE: &str = "AND (p.published_at, p.post_id) < ($1, $2)
@@ -250,6 +255,8 @@ fn post_from(row: &Row) -> Post {
         body: row.get(1),
         published_at: timestamp(row.get(2)),
         like_count: row.get(3),
+        reply_to: row.get(7),
+        reply_count: row.get(8),
         author: UserSummary {
             user_id: row.get(4),
             handle: row.get(5),

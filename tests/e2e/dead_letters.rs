@@ -3,11 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
 use crate::harness::{TestApp, TestPost};
@@ -15,29 +11,10 @@ use crate::harness::{TestApp, TestPost};
 /// The partition holding the message keyed `key`, found by reading the topic from the start
 /// (so the test does not depend on the producer's partitioner).
 pub(crate) async fn partition_of(app: &TestApp, key: &str) -> i32 {
-    let brokers = app.kafka_brokers.clone();
+    let consumer = app.topic_reader("inspector");
     let topic = app.topic.clone();
-    let group = format!("t_{}.inspector", app.id);
-    let partitions = app.partitions;
     let key = key.to_owned();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .expect("failed to create a Kafka consumer");
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
-            let partition = i32::try_from(partition).expect("partition fits in i32");
-            assignment
-                .add_partition_offset(&topic, partition, Offset::Beginning)
-                .expect("valid partition offset");
-        }
-        consumer
-            .assign(&assignment)
-            .expect("failed to assign the topic's partitions");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             match consumer.poll(Duration::from_millis(500)) {
@@ -100,21 +77,8 @@ async fn undecodable_events_are_dead_lettered_and_skipped() {
     ])
     .await;
     let partition = partition_of(&app, &post.id).await;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &app.kafka_brokers)
-        .set("acks", "all")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .expect("failed to create a Kafka producer");
-    for (what, payload) in poison(&post) {
-        let record = FutureRecord::to(&app.topic)
-            .partition(partition)
-            .key(post.id.as_str())
-            .payload(&payload);
-        producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|(e, _)| panic!("failed to produce {what}: {e}"));
+    for (_, payload) in poison(&post) {
+        app.produce_raw(&post.id, Some(partition), &payload).await;
     }
 
     // Act: an event behind the poison on the same partition.

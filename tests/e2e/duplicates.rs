@@ -3,42 +3,27 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::dead_letters::partition_of;
 use crate::harness::TestApp;
 
 /// The raw bytes of the first message on `partition` whose JSON has this `type`.
 async fn message_of_type(app: &TestApp, partition: i32, event_type: &str) -> Vec<u8> {
-    let brokers = app.kafka_brokers.clone();
+    let consumer = app.topic_reader("copier");
     let topic = app.topic.clone();
-    let group = format!("t_{}.copier", app.id);
     let event_type = event_type.to_owned();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("failed to create a Kafka consumer");
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&topic, partition, Offset::Beginning)
-            .expect("valid partition offset");
-        consumer.assign(&assignment).expect("failed to assign");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(message) = consumer.poll(Duration::from_millis(500)) {
-                let message = message.expect("readable message");
-                let payload = message.payload().unwrap_or_default();
-                let json: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-                if json["type"] == event_type.as_str() {
-                    return payload.to_vec();
-                }
+            let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let message = message.expect("readable message");
+            let payload = message.payload().unwrap_or_default();
+            let json: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+            if message.partition() == partition && json["type"] == event_type.as_str() {
+                return payload.to_vec();
             }
         }
         panic!("no {event_type} on {topic}/{partition} within 30s");
@@ -74,22 +59,8 @@ async fn an_event_appended_twice_is_applied_once() {
     // Act: the like's exact envelope lands again behind the unlike, then a later event.
     let partition = partition_of(&app, &post.id).await;
     let like_bytes = message_of_type(&app, partition, "PostLiked").await;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &app.kafka_brokers)
-        .set("acks", "all")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .expect("failed to create a Kafka producer");
-    producer
-        .send(
-            FutureRecord::to(&app.topic)
-                .partition(partition)
-                .key(post.id.as_str())
-                .payload(&like_bytes),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_or_else(|(e, _)| panic!("failed to produce the copy: {e}"));
+    app.produce_raw(&post.id, Some(partition), &like_bytes)
+        .await;
     let later = app
         .like(&other.token, &post.id, std::slice::from_ref(&post.position))
         .await;

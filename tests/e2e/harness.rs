@@ -781,6 +781,50 @@ impl TestApp {
             .await
     }
 
+    /// Appends `payload` keyed `key` straight to the test topic (to `partition` if given), as
+    /// a foreign producer would, bypassing the command API.
+    pub(crate) async fn produce_raw(&self, key: &str, partition: Option<i32>, payload: &[u8]) {
+        let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka_brokers)
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .expect("failed to create a Kafka producer");
+        let mut record = rdkafka::producer::FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(payload);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("failed to produce to {}: {e}", self.topic));
+    }
+
+    /// A consumer of the test topic outside the projector's group, reading every partition
+    /// from the beginning. It blocks: use it inside `spawn_blocking`.
+    pub(crate) fn topic_reader(&self, name: &str) -> rdkafka::consumer::BaseConsumer {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka_brokers)
+            .set("group.id", format!("t_{}.{name}", self.id))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("failed to create a Kafka consumer");
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        for partition in 0..self.partitions {
+            let partition = i32::try_from(partition).expect("partition fits in i32");
+            assignment
+                .add_partition_offset(&self.topic, partition, rdkafka::Offset::Beginning)
+                .expect("valid partition offset");
+        }
+        consumer
+            .assign(&assignment)
+            .expect("failed to assign the topic's partitions");
+        consumer
+    }
+
     /// Registers a user and returns it, asserting `201`.
     pub(crate) async fn register_user(&self, handle: &str, display_name: &str) -> TestUser {
         let resp = self.register(handle, display_name).await;

@@ -23,6 +23,7 @@ mod consistency;
 mod crash;
 mod dead_letters;
 mod duplicates;
+mod history;
 mod pagination;
 mod projector_group;
 mod scenario;

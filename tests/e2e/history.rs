@@ -1,0 +1,120 @@
+//! Event versions: replies (PostPublished v2) through the API, and every checked-in version-1
+//! fixture, produced straight to the log, still decodes and projects.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::TestApp;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_names_its_parent_and_counts_on_it_until_deleted() {
+    // Arrange
+    let app = TestApp::spawn().await;
+    let author = app.register_user("author", "Author").await;
+    let replier = app.register_user("replier", "Replier").await;
+    let parent = app.publish_post(&author, "a question").await;
+    let reply_to = |parent_id: &str, positions: &[&str]| {
+        let query: String = positions
+            .iter()
+            .map(|p| format!("min_position={p}&"))
+            .collect();
+        app.command(Method::POST, &format!("/v1/posts?{query}"))
+            .bearer_auth(&replier.token)
+            .json(&json!({ "body": "an answer", "reply_to": parent_id }))
+    };
+
+    // Act
+    let reply = app.send(reply_to(&parent.id, &[&parent.position])).await;
+    let orphan = app
+        .send(reply_to(&uuid::Uuid::now_v7().to_string(), &[]))
+        .await;
+
+    // Assert
+    reply.assert_status(202);
+    orphan.assert_problem(404, "post_not_found");
+    let after = vec![
+        author.position.clone(),
+        replier.position.clone(),
+        reply.str_field("position"),
+    ];
+    let read_parent = app.get_post(&parent.id, &after).await;
+    read_parent.assert_status(200);
+    assert_eq!(read_parent.u64_field("reply_count"), 1);
+    assert_eq!(read_parent.body["reply_to"], Value::Null);
+    let read_reply = app.get_post(&reply.str_field("post_id"), &after).await;
+    assert_eq!(read_reply.str_field("reply_to"), parent.id);
+    assert_eq!(read_reply.u64_field("reply_count"), 0);
+
+    // Act: deleting the reply takes it off its parent's count.
+    let deleted = app
+        .delete_post(&replier.token, &reply.str_field("post_id"), &after)
+        .await;
+    deleted.assert_status(202);
+    let after = vec![deleted.str_field("position")];
+    assert_eq!(
+        app.get_post(&parent.id, &after)
+            .await
+            .u64_field("reply_count"),
+        0
+    );
+}
+
+/// Every version-1 fixture of the events crate, in an order that makes a story, then the
+/// version-2 post. They are produced as they are, with their fixed ids.
+const FIXTURES: &[&str] = &[
+    include_str!("../../events/fixtures/v1/UserRegistered.json"),
+    include_str!("../../events/fixtures/v1/ProfileUpdated.json"),
+    include_str!("../../events/fixtures/v1/PostPublished.json"),
+    include_str!("../../events/fixtures/v1/PostLiked.json"),
+    include_str!("../../events/fixtures/v1/PostUnliked.json"),
+    include_str!("../../events/fixtures/v1/UserFollowed.json"),
+    include_str!("../../events/fixtures/v1/UserUnfollowed.json"),
+    include_str!("../../events/fixtures/v2/PostPublished.json"),
+    include_str!("../../events/fixtures/v1/PostDeleted.json"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn version_1_events_still_project() {
+    // Arrange: one partition, so a later command's position covers every fixture before it.
+    let app = TestApp::builder().partitions(1).spawn().await;
+    // Act
+    for fixture in FIXTURES {
+        let envelope: Value = serde_json::from_str(fixture).expect("fixture is JSON");
+        let key = envelope["aggregate_id"].as_str().expect("aggregate id");
+        app.produce_raw(key, None, fixture.as_bytes()).await;
+    }
+    let later = app.register_user("later", "Later").await;
+    let after = vec![later.position.clone()];
+
+    // Assert
+    let alice = app
+        .get("/v1/users/0190d0a0-0000-7000-8000-000000000001", &after)
+        .await;
+    alice.assert_status(200);
+    assert_eq!(alice.str_field("handle"), "alice");
+    assert_eq!(alice.str_field("display_name"), "Alice A.");
+    assert_eq!(alice.str_field("bio"), "Writes about logs.");
+    assert_eq!(alice.str_field("joined_at"), "2026-11-26T09:30:00.123Z");
+    assert_eq!(alice.u64_field("post_count"), 1, "{alice}");
+    assert_eq!(alice.u64_field("following_count"), 0);
+    assert_eq!(alice.u64_field("likes_given"), 0);
+    app.get_post("0190d0a0-0000-7000-8000-0000000000a1", &after)
+        .await
+        .assert_problem(404, "post_not_found");
+    let reply = app
+        .get_post("0190d0a0-0000-7000-8000-0000000000a2", &after)
+        .await;
+    reply.assert_status(200);
+    assert_eq!(
+        reply.str_field("reply_to"),
+        "0190d0a0-0000-7000-8000-0000000000a0"
+    );
+    let dead: i64 = app
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM projection.dead_letters", &[])
+        .await
+        .expect("count dead letters")
+        .get(0);
+    assert_eq!(dead, 0, "a fixture was dead-lettered");
+}
