@@ -147,7 +147,11 @@ impl Partition<'_> {
                 (record, envelope)
             })
             .collect();
-        let mut unseen = first_sightings(&tx, &decoded).await?;
+        let ids: Vec<Uuid> = decoded
+            .iter()
+            .filter_map(|(_, envelope)| envelope.as_ref().ok().map(|e| e.event_id))
+            .collect();
+        let mut unseen = first_sightings(&tx, &ids).await?;
 
         let mut deltas = CounterDeltas::default();
         let (mut applied, mut dead) = (0, 0);
@@ -234,16 +238,12 @@ impl Partition<'_> {
     }
 }
 
-/// The ids among `decoded` that were never applied before, recording them as applied. An event
-/// appended twice (a retried command whose first answer was lost) is thereby applied once.
-async fn first_sightings(
+/// The event ids among `ids` that were never applied before, recording them as applied. An
+/// event appended twice (a retried command whose first answer was lost) is thereby applied once.
+pub(crate) async fn first_sightings(
     tx: &Transaction<'_>,
-    decoded: &[(&Record, Result<Envelope, String>)],
+    ids: &[Uuid],
 ) -> Result<HashSet<Uuid>, tokio_postgres::Error> {
-    let ids: Vec<Uuid> = decoded
-        .iter()
-        .filter_map(|(_, envelope)| envelope.as_ref().ok().map(|e| e.event_id))
-        .collect();
     if ids.is_empty() {
         return Ok(HashSet::new());
     }

@@ -11,9 +11,11 @@
 mod batch;
 mod consumer;
 mod inspect;
+mod operate;
 mod projection;
 
 pub use inspect::print_events;
+pub use operate::{list_dead_letters, print_status, retry_dead_letter, skip_dead_letter};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "replies",
         sql: include_str!("../migrations/0003_replies.sql"),
     },
+    Migration {
+        version: 4,
+        name: "dead_letter_resolution",
+        sql: include_str!("../migrations/0004_dead_letter_resolution.sql"),
+    },
 ];
 
 /// The projector's command line: what to do, and the configuration (from the environment).
@@ -81,6 +88,42 @@ pub enum Command {
         #[arg(long)]
         partition: Option<i32>,
     },
+    /// Print, per partition, the stored offset, the high watermark and the lag, and the number
+    /// of dead letters awaiting a decision.
+    Status,
+    /// Inspect and resolve events that could not be projected.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+/// `projector dead-letters ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum DeadLetterCommand {
+    /// List the dead letters awaiting a decision (with `--all`, every one).
+    List {
+        /// Also list the resolved ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Decode a dead letter again, through the current upcasters, and apply it.
+    Retry {
+        /// The dead letter's id (as `list` shows it).
+        id: i64,
+    },
+    /// Give up on a dead letter: it stays recorded, marked skipped.
+    Skip {
+        /// The dead letter's id (as `list` shows it).
+        id: i64,
+    },
+}
+
+impl Config {
+    /// A pool for the operator's subcommands, with the schema migrated.
+    pub async fn migrated_pool(&self) -> anyhow::Result<Pool> {
+        let pool = self.database.pool()?;
+        migrate(&pool, SCHEMA, MIGRATIONS, Duration::from_secs(10)).await?;
+        Ok(pool)
+    }
 }
 
 /// Configuration of the projector, from the environment (or flags).

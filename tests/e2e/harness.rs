@@ -320,6 +320,38 @@ struct Launcher {
 }
 
 impl Launcher {
+    /// A command for the binary at `path` with this test's environment and nothing inherited
+    /// that could point it elsewhere.
+    fn command(&self, path: &Path) -> Command {
+        let mut command = Command::new(path);
+        for (key, _) in std::env::vars_os() {
+            let key_str = key.to_string_lossy();
+            if key_str.starts_with("CHRONICLE_")
+                || key_str.starts_with("KAFKA_")
+                || key_str == "DATABASE_URL"
+                || key_str == "RUST_LOG"
+            {
+                command.env_remove(&key);
+            }
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command
+    }
+
+    /// Runs `binary` with `args` to completion (a CLI, not a service) in the services'
+    /// environment, and returns what it printed and whether it succeeded.
+    fn run(&self, binary: &str, args: &[&str]) -> std::process::Output {
+        let path = self.harness.binary(binary);
+        let mut command = self.command(&path);
+        command
+            .env("RUST_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
+    }
+
     /// Starts `binary` and returns once it printed `listening on http://…` (blocking).
     fn start(&self, binary: &str) -> ServiceProcess {
         let path = self.harness.binary(binary);
@@ -336,19 +368,8 @@ impl Launcher {
             .unwrap_or_else(|e| panic!("cannot create log file {}: {e}", log_path.display()));
         let log_file = Arc::new(Mutex::new(log_file));
 
-        let mut command = Command::new(&path);
-        for (key, _) in std::env::vars_os() {
-            let key_str = key.to_string_lossy();
-            if key_str.starts_with("CHRONICLE_")
-                || key_str.starts_with("KAFKA_")
-                || key_str == "DATABASE_URL"
-                || key_str == "RUST_LOG"
-            {
-                command.env_remove(&key);
-            }
-        }
+        let mut command = self.command(&path);
         command
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -823,6 +844,24 @@ impl TestApp {
             .assign(&assignment)
             .expect("failed to assign the topic's partitions");
         consumer
+    }
+
+    /// Runs `projector <args>` (its operator subcommands) against this test's database and
+    /// topic, and returns (exit success, stdout, stderr).
+    pub(crate) async fn projector_cli(&self, args: &[&str]) -> (bool, String, String) {
+        let launcher = self.launcher.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let output = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            launcher.run("projector", &args)
+        })
+        .await
+        .expect("the CLI task panicked");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 
     /// Registers a user and returns it, asserting `201`.
