@@ -1,9 +1,10 @@
 //! How far the projector has got, and waiting for it (read-your-writes).
 //!
-//! The projector stores, per partition, the offset of the next event it will apply, in the same
-//! transaction as the rows that event produced, and announces every commit with
-//! `NOTIFY chronicle_progress, '<topic>:<partition>:<next offset>'`. [`Progress`] listens on one
-//! dedicated connection and keeps the latest offsets in a watch channel; requests that carry
+//! The projector stores, per generation and partition, the offset of the next event it will
+//! apply, in the same transaction as the rows that event produced, and announces every commit with
+//! `NOTIFY chronicle_progress, '<generation>:<topic>:<partition>:<next offset>'`, and a switch of
+//! generations with `'activate:<generation>'`. [`Progress`] listens on one dedicated connection
+//! and keeps the active generation and its offsets in a watch channel; requests that carry
 //! `min_position` wait on that channel, so no request polls the database.
 
 use std::collections::HashMap;
@@ -19,34 +20,59 @@ use crate::Position;
 /// The channel the projector notifies on after each committed batch.
 pub const CHANNEL: &str = "chronicle_progress";
 
-/// The table holding the projector's offsets (written only by the projector).
-pub const OFFSETS_TABLE: &str = "projection.offsets";
+/// The payload of a progress notification: generation, topic, partition, next offset.
+pub fn notification_payload(
+    generation: &str,
+    topic: &str,
+    partition: i32,
+    next_offset: i64,
+) -> String {
+    format!("{generation}:{topic}:{partition}:{next_offset}")
+}
 
-/// The payload of a progress notification.
-pub fn notification_payload(topic: &str, partition: i32, next_offset: i64) -> String {
-    format!("{topic}:{partition}:{next_offset}")
+/// The payload announcing that `generation` became the active one.
+pub fn activation_payload(generation: &str) -> String {
+    format!("activate:{generation}")
+}
+
+/// The schema holding the read models of `generation`.
+pub fn read_schema(generation: &str) -> String {
+    format!("read_{generation}")
 }
 
 type Offsets = HashMap<i32, i64>;
 
-/// A live view of the projector's stored offsets for one topic.
+/// What the projector has done, as last heard: the active generation and its offsets.
+#[derive(Debug, Clone, Default)]
+struct View {
+    generation: Option<Arc<str>>,
+    offsets: Offsets,
+}
+
+/// A live view of the active generation and the projector's stored offsets for one topic.
 #[derive(Clone)]
 pub struct Progress {
-    offsets: watch::Receiver<Arc<Offsets>>,
+    view: watch::Receiver<Arc<View>>,
 }
 
 impl Progress {
     /// Starts following the projector's progress on `topic` in a background task that lives as
     /// long as the process, reconnecting when the database goes away.
     pub fn follow(config: tokio_postgres::Config, topic: String) -> Progress {
-        let (sender, offsets) = watch::channel(Arc::new(Offsets::new()));
+        let (sender, view) = watch::channel(Arc::new(View::default()));
         tokio::spawn(listen_forever(config, topic, sender));
-        Progress { offsets }
+        Progress { view }
     }
 
-    /// Whether every position has been applied to the read models.
+    /// The schema of the active generation's read models, once known. Take it once per request,
+    /// so that a request never mixes generations.
+    pub fn read_schema(&self) -> Option<String> {
+        self.view.borrow().generation.as_deref().map(read_schema)
+    }
+
+    /// Whether every position has been applied to the active generation's read models.
     pub fn reached(&self, positions: &[Position]) -> bool {
-        reached(&self.offsets.borrow(), positions)
+        reached(&self.view.borrow().offsets, positions)
     }
 
     /// Waits until every position has been applied, for at most `patience`.
@@ -55,10 +81,10 @@ impl Progress {
         if positions.is_empty() {
             return true;
         }
-        let mut offsets = self.offsets.clone();
+        let mut view = self.view.clone();
         let waited = tokio::time::timeout(
             patience,
-            offsets.wait_for(|current| reached(current, positions)),
+            view.wait_for(|current| reached(&current.offsets, positions)),
         )
         .await;
         matches!(waited, Ok(Ok(_)))
@@ -76,7 +102,7 @@ fn reached(offsets: &Offsets, positions: &[Position]) -> bool {
 async fn listen_forever(
     config: tokio_postgres::Config,
     topic: String,
-    sender: watch::Sender<Arc<Offsets>>,
+    sender: watch::Sender<Arc<View>>,
 ) {
     loop {
         if let Err(err) = listen(&config, &topic, &sender).await {
@@ -89,14 +115,27 @@ async fn listen_forever(
     }
 }
 
-/// Reloading the whole table now and then is a safety net for notifications a broken
+/// Reloading the whole view now and then is a safety net for notifications a broken
 /// connection may have swallowed; notifications are what keeps waiting fast.
 const RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// What a notification says.
+#[derive(Debug, PartialEq, Eq)]
+enum Note {
+    /// A batch of `generation` committed: `partition`'s next offset is `next`.
+    Progress {
+        generation: String,
+        partition: i32,
+        next: i64,
+    },
+    /// Another generation became active.
+    Activated,
+}
 
 async fn listen(
     config: &tokio_postgres::Config,
     topic: &str,
-    sender: &watch::Sender<Arc<Offsets>>,
+    sender: &watch::Sender<Arc<View>>,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
@@ -121,27 +160,33 @@ async fn listen(
         tokio::select! {
             note = notes.recv() => {
                 let Some(payload) = note else { break };
-                if let Some((partition, next)) = parse_payload(&payload, topic) {
-                    sender.send_if_modified(|offsets| advance(offsets, partition, next));
+                match parse_payload(&payload, topic) {
+                    Some(Note::Progress { generation, partition, next }) => {
+                        let current = sender.borrow().generation.clone();
+                        if current.as_deref() == Some(generation.as_str()) {
+                            sender.send_if_modified(|view| advance(view, partition, next));
+                        } else {
+                            reload.reset_immediately();
+                        }
+                    }
+                    Some(Note::Activated) => reload.reset_immediately(),
+                    None => {}
                 }
             }
             _ = reload.tick() => {
-                // The table does not exist until the projector's first migration.
+                // The tables do not exist until the projector's first migration.
                 let loaded = client
                     .query(
-                        &format!("SELECT partition, next_offset FROM {OFFSETS_TABLE} WHERE topic = $1"),
+                        "SELECT g.name, o.partition, o.next_offset
+                         FROM projection.generations g
+                         LEFT JOIN projection.offsets o ON o.generation = g.name AND o.topic = $1
+                         WHERE g.state = 'active'",
                         &[&topic],
                     )
                     .await;
                 match loaded {
                     Ok(rows) => {
-                        sender.send_if_modified(|offsets| {
-                            let mut changed = false;
-                            for row in &rows {
-                                changed |= advance(offsets, row.get(0), row.get(1));
-                            }
-                            changed
-                        });
+                        sender.send_if_modified(|view| replace(view, &rows));
                     }
                     Err(err) if err.code().is_some() => {
                         tracing::debug!(error = %err, "offsets not readable yet");
@@ -158,21 +203,58 @@ async fn listen(
     Ok(())
 }
 
-fn advance(offsets: &mut Arc<Offsets>, partition: i32, next: i64) -> bool {
-    if offsets.get(&partition).is_some_and(|known| *known >= next) {
+/// Takes in a reload: a new active generation replaces the view; the same one only advances it.
+fn replace(view: &mut Arc<View>, rows: &[tokio_postgres::Row]) -> bool {
+    let Some(generation) = rows.first().map(|row| row.get::<_, String>(0)) else {
+        return false;
+    };
+    if view.generation.as_deref() != Some(generation.as_str()) {
+        let offsets = rows
+            .iter()
+            .filter_map(|row| Some((row.get::<_, Option<i32>>(1)?, row.get::<_, Option<i64>>(2)?)))
+            .collect();
+        *view = Arc::new(View {
+            generation: Some(generation.into()),
+            offsets,
+        });
+        return true;
+    }
+    let mut changed = false;
+    for row in rows {
+        if let (Some(partition), Some(next)) = (row.get(1), row.get(2)) {
+            changed |= advance(view, partition, next);
+        }
+    }
+    changed
+}
+
+fn advance(view: &mut Arc<View>, partition: i32, next: i64) -> bool {
+    if view
+        .offsets
+        .get(&partition)
+        .is_some_and(|known| *known >= next)
+    {
         return false;
     }
-    Arc::make_mut(offsets).insert(partition, next);
+    Arc::make_mut(view).offsets.insert(partition, next);
     true
 }
 
-fn parse_payload(payload: &str, topic: &str) -> Option<(i32, i64)> {
-    let (rest, next) = payload.rsplit_once(':')?;
+fn parse_payload(payload: &str, topic: &str) -> Option<Note> {
+    let (head, rest) = payload.split_once(':')?;
+    if head == "activate" {
+        return Some(Note::Activated);
+    }
+    let (rest, next) = rest.rsplit_once(':')?;
     let (note_topic, partition) = rest.rsplit_once(':')?;
     if note_topic != topic {
         return None;
     }
-    Some((partition.parse().ok()?, next.parse().ok()?))
+    Some(Note::Progress {
+        generation: head.to_owned(),
+        partition: partition.parse().ok()?,
+        next: next.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -181,9 +263,20 @@ mod tests {
 
     #[test]
     fn payload_round_trips_even_with_colons_in_the_topic() {
-        let payload = notification_payload("a:b.events", 3, 42);
-        assert_eq!(parse_payload(&payload, "a:b.events"), Some((3, 42)));
+        let payload = notification_payload("g2", "a:b.events", 3, 42);
+        assert_eq!(
+            parse_payload(&payload, "a:b.events"),
+            Some(Note::Progress {
+                generation: "g2".into(),
+                partition: 3,
+                next: 42
+            })
+        );
         assert_eq!(parse_payload(&payload, "other"), None);
+        assert_eq!(
+            parse_payload(&activation_payload("g3"), "a:b.events"),
+            Some(Note::Activated)
+        );
     }
 
     #[test]
@@ -199,9 +292,9 @@ mod tests {
 
     #[test]
     fn offsets_never_go_backwards() {
-        let mut offsets = Arc::new(Offsets::new());
-        assert!(advance(&mut offsets, 0, 5));
-        assert!(!advance(&mut offsets, 0, 3));
-        assert_eq!(offsets.get(&0), Some(&5));
+        let mut view = Arc::new(View::default());
+        assert!(advance(&mut view, 0, 5));
+        assert!(!advance(&mut view, 0, 3));
+        assert_eq!(view.offsets.get(&0), Some(&5));
     }
 }

@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use deadpool_postgres::{Pool, Transaction};
 use uuid::Uuid;
 
+use crate::generation::{self, Target, q};
 use crate::projection::{CounterDeltas, apply};
 
 /// One message taken from the log.
@@ -64,29 +65,71 @@ impl From<deadpool_postgres::PoolError> for BatchError {
     }
 }
 
-/// Where one partition stands.
+/// One partition of the log, projected into a target generation.
 pub(crate) struct Partition<'a> {
     pub(crate) topic: &'a str,
     pub(crate) partition: i32,
+    pub(crate) target: &'a Target,
 }
 
 impl Partition<'_> {
-    /// The stored next offset, creating the row (at 0) for a partition never seen before.
+    /// The stored next offset in the target generation, creating the row (at 0) for a
+    /// partition never seen before.
     pub(crate) async fn stored_offset(&self, pool: &Pool) -> Result<i64, BatchError> {
         let client = pool.get().await?;
+        let generation = match self.target {
+            Target::Building(name) => name.clone(),
+            Target::Active => generation::active(&client)
+                .await
+                .map_err(|err| BatchError::Transient(format!("{err:#}")))?,
+        };
         let row = client
             .query_one(
                 "WITH created AS (
-                     INSERT INTO projection.offsets (topic, partition, next_offset)
-                     VALUES ($1, $2, 0) ON CONFLICT DO NOTHING RETURNING next_offset
+                     INSERT INTO projection.offsets (generation, topic, partition, next_offset)
+                     VALUES ($3, $1, $2, 0) ON CONFLICT DO NOTHING RETURNING next_offset
                  )
                  SELECT next_offset FROM created
                  UNION ALL
-                 SELECT next_offset FROM projection.offsets WHERE topic = $1 AND partition = $2",
-                &[&self.topic, &self.partition],
+                 SELECT next_offset FROM projection.offsets
+                 WHERE generation = $3 AND topic = $1 AND partition = $2",
+                &[&self.topic, &self.partition, &generation],
             )
             .await?;
         Ok(row.get(0))
+    }
+
+    /// The active generation's stored offset for this partition (0 if it has none): how far a
+    /// rebuild may go.
+    pub(crate) async fn active_offset(&self, pool: &Pool) -> Result<i64, BatchError> {
+        let client = pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT o.next_offset FROM projection.offsets o
+                 JOIN projection.generations g ON g.name = o.generation AND g.state = 'active'
+                 WHERE o.topic = $1 AND o.partition = $2",
+                &[&self.topic, &self.partition],
+            )
+            .await?;
+        Ok(row.map_or(0, |row| row.get(0)))
+    }
+
+    /// The generation this batch goes to. For the live projector, the active one, read with
+    /// `FOR SHARE` so that a switch of generations waits for this batch.
+    async fn generation(&self, tx: &Transaction<'_>) -> Result<String, BatchError> {
+        match self.target {
+            Target::Building(name) => Ok(name.clone()),
+            Target::Active => tx
+                .query_opt(
+                    "SELECT name FROM projection.generations WHERE state = 'active' FOR SHARE",
+                    &[],
+                )
+                .await?
+                .map(|row| row.get(0))
+                .ok_or_else(|| {
+                    BatchError::Transient("no active generation: a switch is under way".into())
+                }),
+        }
     }
 
     /// Applies `records` (those at or after `expected`) on top of stored offset `expected`.
@@ -121,14 +164,19 @@ impl Partition<'_> {
         let next = last.offset + 1;
         let mut client = pool.get().await?;
         let mut tx = client.transaction().await?;
+        let generation = self.generation(&tx).await?;
+        let schema = generation::schema_of(&generation);
         let fence = tx
             .prepare_cached(
                 "UPDATE projection.offsets SET next_offset = $3
-                 WHERE topic = $1 AND partition = $2 AND next_offset = $4",
+                 WHERE generation = $5 AND topic = $1 AND partition = $2 AND next_offset = $4",
             )
             .await?;
         if tx
-            .execute(&fence, &[&self.topic, &self.partition, &next, &expected])
+            .execute(
+                &fence,
+                &[&self.topic, &self.partition, &next, &expected, &generation],
+            )
             .await?
             == 0
         {
@@ -151,7 +199,7 @@ impl Partition<'_> {
             .iter()
             .filter_map(|(_, envelope)| envelope.as_ref().ok().map(|e| e.event_id))
             .collect();
-        let mut unseen = first_sightings(&tx, &ids).await?;
+        let mut unseen = first_sightings(&tx, &schema, &ids).await?;
 
         let mut deltas = CounterDeltas::default();
         let (mut applied, mut dead) = (0, 0);
@@ -159,7 +207,7 @@ impl Partition<'_> {
             let envelope = match envelope {
                 Ok(envelope) => envelope,
                 Err(err) => {
-                    self.park(&tx, record, err).await?;
+                    self.park(&tx, &generation, record, err).await?;
                     dead += 1;
                     continue;
                 }
@@ -169,13 +217,13 @@ impl Partition<'_> {
                 continue;
             }
             if !careful {
-                apply(&tx, envelope, &mut deltas).await?;
+                apply(&tx, &schema, envelope, &mut deltas).await?;
                 applied += 1;
                 continue;
             }
             let mut own = CounterDeltas::default();
             let savepoint = tx.savepoint("event").await?;
-            match apply(&savepoint, envelope, &mut own).await {
+            match apply(&savepoint, &schema, envelope, &mut own).await {
                 Ok(()) => {
                     savepoint.commit().await?;
                     deltas.merge(own);
@@ -184,14 +232,14 @@ impl Partition<'_> {
                 Err(err) if is_transient(&err) => return Err(err.into()),
                 Err(err) => {
                     savepoint.rollback().await?;
-                    self.park(&tx, record, &format!("could not apply: {err}"))
+                    self.park(&tx, &generation, record, &format!("could not apply: {err}"))
                         .await?;
                     dead += 1;
                 }
             }
         }
-        deltas.write(&tx).await?;
-        let note = notification_payload(self.topic, self.partition, next);
+        deltas.write(&tx, &schema).await?;
+        let note = notification_payload(&generation, self.topic, self.partition, next);
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &note])
             .await?;
         tx.commit().await?;
@@ -205,6 +253,7 @@ impl Partition<'_> {
     async fn park(
         &self,
         tx: &Transaction<'_>,
+        generation: &str,
         record: &Record,
         error: &str,
     ) -> Result<(), tokio_postgres::Error> {
@@ -217,9 +266,10 @@ impl Partition<'_> {
         let key = record.key.as_deref().map(String::from_utf8_lossy);
         let statement = tx
             .prepare_cached(
-                "INSERT INTO projection.dead_letters (topic, partition, \"offset\", key, payload, error)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (topic, partition, \"offset\") DO NOTHING",
+                "INSERT INTO projection.dead_letters
+                     (generation, topic, partition, \"offset\", key, payload, error)
+                 VALUES ($7, $1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (generation, topic, partition, \"offset\") DO NOTHING",
             )
             .await?;
         tx.execute(
@@ -231,6 +281,7 @@ impl Partition<'_> {
                 &key.as_deref(),
                 &record.payload.as_deref(),
                 &error,
+                &generation,
             ],
         )
         .await?;
@@ -242,16 +293,18 @@ impl Partition<'_> {
 /// event appended twice (a retried command whose first answer was lost) is thereby applied once.
 pub(crate) async fn first_sightings(
     tx: &Transaction<'_>,
+    schema: &str,
     ids: &[Uuid],
 ) -> Result<HashSet<Uuid>, tokio_postgres::Error> {
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
     let statement = tx
-        .prepare_cached(
-            "INSERT INTO projection.applied_events (event_id) SELECT unnest($1::uuid[])
+        .prepare_cached(&q(
+            schema,
+            "INSERT INTO {s}.applied_events (event_id) SELECT unnest($1::uuid[])
              ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-        )
+        ))
         .await?;
     Ok(tx
         .query(&statement, &[&ids])

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::batch::{BatchError, Outcome, Partition, Record};
+use crate::generation::Target;
 
 /// The consumer type the projector uses.
 pub(crate) type EventConsumer = StreamConsumer<Rebalancer>;
@@ -29,6 +30,7 @@ pub(crate) type EventConsumer = StreamConsumer<Rebalancer>;
 pub(crate) struct Rebalancer {
     pool: Pool,
     topic: String,
+    target: Target,
     runtime: tokio::runtime::Handle,
     owned: Mutex<HashSet<i32>>,
 }
@@ -48,6 +50,7 @@ impl Rebalancer {
                 let stored = Partition {
                     topic: &self.topic,
                     partition: *partition,
+                    target: &self.target,
                 }
                 .stored_offset(&self.pool)
                 .await?;
@@ -134,6 +137,8 @@ impl ConsumerContext for Rebalancer {
 pub(crate) struct ConsumeSettings {
     pub(crate) group: String,
     pub(crate) batch_size: usize,
+    /// The generation to project into.
+    pub(crate) target: Target,
 }
 
 /// Creates the consumer and joins the group.
@@ -142,13 +147,46 @@ pub(crate) fn subscribe(
     settings: &ConsumeSettings,
     pool: Pool,
 ) -> anyhow::Result<Arc<EventConsumer>> {
+    let consumer = create(kafka, settings, pool, HashSet::new())?;
+    consumer
+        .subscribe(&[&kafka.topic])
+        .context("failed to subscribe to the events topic")?;
+    Ok(Arc::new(consumer))
+}
+
+/// Creates a consumer outside any group that owns every partition of the topic from the given
+/// offsets on (a rebuild).
+pub(crate) fn assign_all(
+    kafka: &chronicle_infra::kafka::KafkaArgs,
+    settings: &ConsumeSettings,
+    pool: Pool,
+    start: &HashMap<i32, i64>,
+) -> anyhow::Result<Arc<EventConsumer>> {
+    let consumer = create(kafka, settings, pool, start.keys().copied().collect())?;
+    let mut assignment = TopicPartitionList::new();
+    for (partition, offset) in start {
+        assignment.add_partition_offset(&kafka.topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer
+        .assign(&assignment)
+        .context("failed to assign the topic's partitions")?;
+    Ok(Arc::new(consumer))
+}
+
+fn create(
+    kafka: &chronicle_infra::kafka::KafkaArgs,
+    settings: &ConsumeSettings,
+    pool: Pool,
+    owned: HashSet<i32>,
+) -> anyhow::Result<EventConsumer> {
     let context = Rebalancer {
         pool,
         topic: kafka.topic.clone(),
+        target: settings.target.clone(),
         runtime: tokio::runtime::Handle::current(),
-        owned: Mutex::default(),
+        owned: Mutex::new(owned),
     };
-    let consumer: EventConsumer = kafka
+    kafka
         .client_config()
         .set("group.id", &settings.group)
         .set("enable.auto.commit", "false")
@@ -159,11 +197,7 @@ pub(crate) fn subscribe(
         .set("heartbeat.interval.ms", "1000")
         .set("enable.partition.eof", "false")
         .create_with_context(context)
-        .context("failed to create the Kafka consumer")?;
-    consumer
-        .subscribe(&[&kafka.topic])
-        .context("failed to subscribe to the events topic")?;
-    Ok(Arc::new(consumer))
+        .context("failed to create the Kafka consumer")
 }
 
 /// Routes messages to per-partition workers until `shutdown` resolves, then lets the workers
@@ -209,7 +243,7 @@ pub(crate) async fn consume(
                 pool.clone(),
                 topic.clone(),
                 partition,
-                settings.batch_size,
+                settings.clone(),
                 receiver,
             ));
             sender
@@ -232,18 +266,49 @@ async fn work(
     pool: Pool,
     topic: String,
     partition: i32,
-    batch_size: usize,
+    settings: ConsumeSettings,
     mut inbox: mpsc::Receiver<Record>,
 ) {
+    let batch_size = settings.batch_size;
     let part = Partition {
         topic: &topic,
         partition,
+        target: &settings.target,
     };
     let mut expected = retry(partition, || part.stored_offset(&pool)).await;
     tracing::info!(partition, offset = expected, "projecting partition");
-    let mut batch = Vec::with_capacity(batch_size);
+    let mut batch: Vec<Record> = Vec::with_capacity(batch_size);
+    let mut held: Vec<Record> = Vec::new();
     let mut gap_seen_at = None;
-    while inbox.recv_many(&mut batch, batch_size).await > 0 {
+    loop {
+        if held.is_empty() {
+            if inbox.recv_many(&mut batch, batch_size).await == 0 {
+                break;
+            }
+        } else {
+            // A rebuild never gets ahead of the active generation: what lies beyond its
+            // stored offset waits here until the live projector has applied it.
+            batch.append(&mut held);
+            while batch.len() < batch_size {
+                match inbox.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
+                }
+            }
+        }
+        if matches!(settings.target, Target::Building(_)) {
+            let bound = retry(partition, || part.active_offset(&pool)).await;
+            if let Some(at) = batch.iter().position(|r| r.offset >= bound) {
+                held = batch.split_off(at);
+            }
+            if batch.is_empty() {
+                if inbox.is_closed() && inbox.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
         let started = Instant::now();
         // Offsets in our topic are contiguous, so a batch that does not start at the stored
         // offset holds messages read ahead before a seek. Seek back once; if the same gap comes

@@ -10,9 +10,15 @@
 
 mod batch;
 mod consumer;
+pub mod generation;
 mod inspect;
 mod operate;
 mod projection;
+mod rebuild;
+mod verify;
+
+pub use rebuild::rebuild;
+pub use verify::{Comparison, compare, verify_generations};
 
 pub use inspect::print_events;
 pub use operate::{list_dead_letters, print_status, retry_dead_letter, skip_dead_letter};
@@ -60,6 +66,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dead_letter_resolution",
         sql: include_str!("../migrations/0004_dead_letter_resolution.sql"),
     },
+    Migration {
+        version: 5,
+        name: "generations",
+        sql: include_str!("../migrations/0005_generations.sql"),
+    },
 ];
 
 /// The projector's command line: what to do, and the configuration (from the environment).
@@ -94,6 +105,37 @@ pub enum Command {
     /// Inspect and resolve events that could not be projected.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Build a new generation of every read model from the whole log while the active one keeps
+    /// serving, verify it, and switch to it.
+    Rebuild {
+        /// Switch even if the new generation differs from the active one, built by the same
+        /// projection code.
+        #[arg(long)]
+        accept_diff: bool,
+    },
+    /// Compare two generations (row counts, checksums, first differing rows). They must be at
+    /// the same offsets.
+    Verify {
+        /// A generation (e.g. `g1`).
+        a: String,
+        /// Another generation.
+        b: String,
+    },
+    /// List or drop generations of the read models.
+    #[command(subcommand)]
+    Generations(GenerationCommand),
+}
+
+/// `projector generations ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum GenerationCommand {
+    /// List the generations.
+    List,
+    /// Drop a generation that is not active (its schema, offsets and dead letters).
+    Drop {
+        /// The generation (e.g. `g1`).
+        name: String,
+    },
 }
 
 /// `projector dead-letters ...`
@@ -190,6 +232,7 @@ impl Projector {
         let settings = ConsumeSettings {
             group: config.group.clone(),
             batch_size: config.batch_size as usize,
+            target: generation::Target::Active,
         };
         let consumer = consumer::subscribe(&config.kafka, &settings, pool.clone())?;
         let server = Server::bind("projector", config.addr).await?;
@@ -231,6 +274,7 @@ impl Projector {
         let settings = ConsumeSettings {
             group: self.config.group.clone(),
             batch_size: self.config.batch_size as usize,
+            target: generation::Target::Active,
         };
         consumer::consume(
             Arc::clone(&self.consumer),

@@ -1,5 +1,5 @@
 use clap::Parser;
-use projector::{Cli, Command, DeadLetterCommand, Projector};
+use projector::{Cli, Command, DeadLetterCommand, GenerationCommand, Projector};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,6 +20,39 @@ async fn main() -> anyhow::Result<()> {
         Command::Status => {
             let pool = config.migrated_pool().await?;
             projector::print_status(&config.kafka, &pool).await
+        }
+        Command::Rebuild { accept_diff } => projector::rebuild(&config, accept_diff).await,
+        Command::Verify { a, b } => {
+            let pool = config.migrated_pool().await?;
+            if projector::verify_generations(&pool, &config.kafka.topic, &a, &b).await? {
+                Ok(())
+            } else {
+                anyhow::bail!("{a} and {b} differ")
+            }
+        }
+        Command::Generations(action) => {
+            let pool = config.migrated_pool().await?;
+            match action {
+                GenerationCommand::List => {
+                    let client = pool.get().await?;
+                    for g in projector::generation::list(&client).await? {
+                        println!(
+                            "{}\t{}\tprojection code v{}\tcreated {}",
+                            g.name,
+                            g.state,
+                            g.code_version,
+                            g.created_at
+                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        );
+                    }
+                    Ok(())
+                }
+                GenerationCommand::Drop { name } => {
+                    projector::generation::drop(&pool, &name).await?;
+                    println!("generation {name} dropped");
+                    Ok(())
+                }
+            }
         }
         Command::DeadLetters(action) => {
             let pool = config.migrated_pool().await?;

@@ -13,16 +13,19 @@ use deadpool_postgres::Pool;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::batch::first_sightings;
+use crate::generation;
 use crate::projection::{CounterDeltas, apply};
 
 /// `projector status`: per partition, the stored offset, the broker's high watermark and the
 /// lag; then the dead letters awaiting a decision.
 pub async fn print_status(kafka: &KafkaArgs, pool: &Pool) -> anyhow::Result<()> {
     let client = pool.get().await.context("cannot reach the database")?;
+    let active = generation::active(&client).await?;
     let stored: std::collections::HashMap<i32, i64> = client
         .query(
-            "SELECT partition, next_offset FROM projection.offsets WHERE topic = $1",
-            &[&kafka.topic],
+            "SELECT partition, next_offset FROM projection.offsets
+             WHERE generation = $2 AND topic = $1",
+            &[&kafka.topic, &active],
         )
         .await
         .context("cannot read the stored offsets (has the projector run here yet?)")?
@@ -47,13 +50,25 @@ pub async fn print_status(kafka: &KafkaArgs, pool: &Pool) -> anyhow::Result<()> 
     println!("{:>9} {:>14} {:>14} {total_lag:>10}", "total", "", "");
     let row = client
         .query_one(
-            "SELECT count(*) FILTER (WHERE resolved_at IS NULL), count(*) FROM projection.dead_letters",
-            &[],
+            "SELECT count(*) FILTER (WHERE resolved_at IS NULL), count(*)
+             FROM projection.dead_letters WHERE generation = $1",
+            &[&active],
         )
         .await?;
     let (open, all): (i64, i64) = (row.get(0), row.get(1));
     println!("dead letters: {open} awaiting a decision ({all} recorded in all)");
-    println!("read models: schema projection (one generation)");
+    for generation in generation::list(&client).await? {
+        println!(
+            "generation {} ({}): {}, projection code v{}, created {}",
+            generation.name,
+            generation::schema_of(&generation.name),
+            generation.state,
+            generation.code_version,
+            generation
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
     Ok(())
 }
 
@@ -85,14 +100,15 @@ fn high_watermarks(kafka: &KafkaArgs) -> anyhow::Result<(String, Vec<(i32, i64)>
 /// `projector dead-letters list`: the dead letters, oldest first.
 pub async fn list_dead_letters(pool: &Pool, all: bool) -> anyhow::Result<()> {
     let client = pool.get().await.context("cannot reach the database")?;
+    let active = generation::active(&client).await?;
     let rows = client
         .query(
             "SELECT id, partition, \"offset\", coalesce(key, ''), recorded_at, error,
                     coalesce(resolution, '')
              FROM projection.dead_letters
-             WHERE $1 OR resolved_at IS NULL
+             WHERE generation = $2 AND ($1 OR resolved_at IS NULL)
              ORDER BY id",
-            &[&all],
+            &[&all, &active],
         )
         .await?;
     if rows.is_empty() {
@@ -129,11 +145,21 @@ pub async fn list_dead_letters(pool: &Pool, all: bool) -> anyhow::Result<()> {
 pub async fn retry_dead_letter(pool: &Pool, topic: &str, id: i64) -> anyhow::Result<()> {
     let mut client = pool.get().await.context("cannot reach the database")?;
     let tx = client.transaction().await?;
+    // Holding the active generation (FOR SHARE) keeps a switch from happening meanwhile.
+    let active: String = tx
+        .query_opt(
+            "SELECT name FROM projection.generations WHERE state = 'active' FOR SHARE",
+            &[],
+        )
+        .await?
+        .map(|row| row.get(0))
+        .context("there is no active generation")?;
+    let schema = generation::schema_of(&active);
     let Some(row) = tx
         .query_opt(
             "SELECT payload, resolved_at IS NOT NULL, partition
-             FROM projection.dead_letters WHERE id = $1 FOR UPDATE",
-            &[&id],
+             FROM projection.dead_letters WHERE id = $1 AND generation = $2 FOR UPDATE",
+            &[&id, &active],
         )
         .await?
     else {
@@ -146,13 +172,13 @@ pub async fn retry_dead_letter(pool: &Pool, topic: &str, id: i64) -> anyhow::Res
     let partition: i32 = row.get(2);
     let envelope = Envelope::from_json(payload.as_deref().unwrap_or_default())
         .with_context(|| format!("dead letter #{id} still cannot be decoded"))?;
-    let fresh = first_sightings(&tx, &[envelope.event_id]).await?;
+    let fresh = first_sightings(&tx, &schema, &[envelope.event_id]).await?;
     if fresh.contains(&envelope.event_id) {
         let mut deltas = CounterDeltas::default();
-        apply(&tx, &envelope, &mut deltas)
+        apply(&tx, &schema, &envelope, &mut deltas)
             .await
             .with_context(|| format!("dead letter #{id} still cannot be applied"))?;
-        deltas.write(&tx).await?;
+        deltas.write(&tx, &schema).await?;
     } else {
         println!(
             "event {} was applied before; nothing to apply",
@@ -163,15 +189,19 @@ pub async fn retry_dead_letter(pool: &Pool, topic: &str, id: i64) -> anyhow::Res
     // Readers waiting on this partition re-check; the stored offset itself did not move.
     let offset: i64 = tx
         .query_one(
-            "SELECT next_offset FROM projection.offsets WHERE topic = $1 AND partition = $2",
-            &[&topic, &partition],
+            "SELECT next_offset FROM projection.offsets
+             WHERE generation = $3 AND topic = $1 AND partition = $2",
+            &[&topic, &partition, &active],
         )
         .await
         .map(|row| row.get(0))
         .unwrap_or(0);
     tx.execute(
         "SELECT pg_notify($1, $2)",
-        &[&CHANNEL, &notification_payload(topic, partition, offset)],
+        &[
+            &CHANNEL,
+            &notification_payload(&active, topic, partition, offset),
+        ],
     )
     .await?;
     tx.commit().await?;

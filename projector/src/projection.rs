@@ -4,6 +4,8 @@
 //! moves only when a row really changed. Counters of users live in `user_counters` and are moved
 //! through [`CounterDeltas`]: collected over a batch, then written once, in user-id order, so that
 //! batches of different partitions that touch the same users never deadlock.
+//!
+//! The SQL names tables as `{s}.<table>`: `{s}` is the schema of the generation being built.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +13,8 @@ use chronicle_events::{Envelope, Event};
 use deadpool_postgres::Transaction;
 use tokio_postgres::Error;
 use uuid::Uuid;
+
+use crate::generation::q;
 
 /// One user's counter changes: post_count, follower_count, following_count, likes_received,
 /// likes_given.
@@ -53,12 +57,12 @@ impl CounterDeltas {
 
     /// Writes the changes: users, then posts, each in ascending id, so that concurrent batches
     /// take row locks in one global order.
-    pub(crate) async fn write(&self, tx: &Transaction<'_>) -> Result<(), Error> {
-        self.write_users(tx).await?;
-        self.write_replies(tx).await
+    pub(crate) async fn write(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
+        self.write_users(tx, schema).await?;
+        self.write_replies(tx, schema).await
     }
 
-    async fn write_replies(&self, tx: &Transaction<'_>) -> Result<(), Error> {
+    async fn write_replies(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
         let (posts, by): (Vec<Uuid>, Vec<i64>) = self
             .replies
             .iter()
@@ -69,17 +73,16 @@ impl CounterDeltas {
             return Ok(());
         }
         let statement = tx
-            .prepare_cached(
-                "INSERT INTO projection.post_counters AS c (post_id, reply_count)
+            .prepare_cached(&q(schema, "INSERT INTO {s}.post_counters AS c (post_id, reply_count)
                  SELECT * FROM unnest($1::uuid[], $2::int8[]) ORDER BY 1
-                 ON CONFLICT (post_id) DO UPDATE SET reply_count = c.reply_count + EXCLUDED.reply_count",
+                 ON CONFLICT (post_id) DO UPDATE SET reply_count = c.reply_count + EXCLUDED.reply_count")
             )
             .await?;
         tx.execute(&statement, &[&posts, &by]).await?;
         Ok(())
     }
 
-    async fn write_users(&self, tx: &Transaction<'_>) -> Result<(), Error> {
+    async fn write_users(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
         let changed: Vec<(&Uuid, &Deltas)> = self
             .users
             .iter()
@@ -91,8 +94,7 @@ impl CounterDeltas {
         let users: Vec<Uuid> = changed.iter().map(|(user, _)| **user).collect();
         let column = |i: usize| -> Vec<i64> { changed.iter().map(|(_, d)| d[i]).collect() };
         let statement = tx
-            .prepare_cached(
-                "INSERT INTO projection.user_counters AS c
+            .prepare_cached(&q(schema, "INSERT INTO {s}.user_counters AS c
                      (user_id, post_count, follower_count, following_count, likes_received, likes_given)
                  SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
                  ORDER BY 1
@@ -101,7 +103,7 @@ impl CounterDeltas {
                      follower_count = c.follower_count + EXCLUDED.follower_count,
                      following_count = c.following_count + EXCLUDED.following_count,
                      likes_received = c.likes_received + EXCLUDED.likes_received,
-                     likes_given = c.likes_given + EXCLUDED.likes_given",
+                     likes_given = c.likes_given + EXCLUDED.likes_given")
             )
             .await?;
         tx.execute(
@@ -123,6 +125,7 @@ impl CounterDeltas {
 /// Applies one event to the read models; counter changes go to `deltas`.
 pub(crate) async fn apply(
     tx: &Transaction<'_>,
+    schema: &str,
     envelope: &Envelope,
     deltas: &mut CounterDeltas,
 ) -> Result<(), Error> {
@@ -130,10 +133,11 @@ pub(crate) async fn apply(
     match &envelope.event {
         Event::UserRegistered(e) => {
             let statement = tx
-                .prepare_cached(
-                    "INSERT INTO projection.users (user_id, handle, display_name, bio, joined_at)
+                .prepare_cached(&q(
+                    schema,
+                    "INSERT INTO {s}.users (user_id, handle, display_name, bio, joined_at)
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO NOTHING",
-                )
+                ))
                 .await?;
             tx.execute(
                 &statement,
@@ -143,21 +147,23 @@ pub(crate) async fn apply(
         }
         Event::ProfileUpdated(e) => {
             let statement = tx
-                .prepare_cached(
-                    "UPDATE projection.users
+                .prepare_cached(&q(
+                    schema,
+                    "UPDATE {s}.users
                      SET display_name = coalesce($2, display_name), bio = coalesce($3, bio)
                      WHERE user_id = $1",
-                )
+                ))
                 .await?;
             tx.execute(&statement, &[&e.user_id, &e.display_name, &e.bio])
                 .await?;
         }
         Event::PostPublished(e) => {
             let statement = tx
-                .prepare_cached(
-                    "INSERT INTO projection.posts (post_id, author_id, body, published_at, reply_to)
+                .prepare_cached(&q(
+                    schema,
+                    "INSERT INTO {s}.posts (post_id, author_id, body, published_at, reply_to)
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (post_id) DO NOTHING",
-                )
+                ))
                 .await?;
             if tx
                 .execute(
@@ -175,11 +181,12 @@ pub(crate) async fn apply(
         }
         Event::PostDeleted(e) => {
             let statement = tx
-                .prepare_cached(
-                    "UPDATE projection.posts SET deleted_at = $2, like_count = 0
+                .prepare_cached(&q(
+                    schema,
+                    "UPDATE {s}.posts SET deleted_at = $2, like_count = 0
                      WHERE post_id = $1 AND deleted_at IS NULL
                      RETURNING author_id, reply_to",
-                )
+                ))
                 .await?;
             let Some(row) = tx.query_opt(&statement, &[&e.post_id, &at]).await? else {
                 return Ok(());
@@ -190,7 +197,10 @@ pub(crate) async fn apply(
                 deltas.add_reply(parent, -1);
             }
             let statement = tx
-                .prepare_cached("DELETE FROM projection.likes WHERE post_id = $1 RETURNING user_id")
+                .prepare_cached(&q(
+                    schema,
+                    "DELETE FROM {s}.likes WHERE post_id = $1 RETURNING user_id",
+                ))
                 .await?;
             for row in tx.query(&statement, &[&e.post_id]).await? {
                 deltas.add(row.get(0), LIKES_GIVEN, -1);
@@ -200,18 +210,19 @@ pub(crate) async fn apply(
         Event::PostLiked(e) => {
             // Only a live post can be liked; a like that arrives after the deletion is ignored.
             let statement = tx
-                .prepare_cached(
+                .prepare_cached(&q(
+                    schema,
                     "WITH liked AS (
-                         INSERT INTO projection.likes (post_id, user_id, liked_at)
-                         SELECT post_id, $2, $3 FROM projection.posts
+                         INSERT INTO {s}.likes (post_id, user_id, liked_at)
+                         SELECT post_id, $2, $3 FROM {s}.posts
                          WHERE post_id = $1 AND deleted_at IS NULL
                          ON CONFLICT (post_id, user_id) DO NOTHING
                          RETURNING post_id
                      )
-                     UPDATE projection.posts p SET like_count = p.like_count + 1
+                     UPDATE {s}.posts p SET like_count = p.like_count + 1
                      FROM liked WHERE p.post_id = liked.post_id
                      RETURNING p.author_id",
-                )
+                ))
                 .await?;
             if let Some(row) = tx
                 .query_opt(&statement, &[&e.post_id, &e.user_id, &at])
@@ -223,15 +234,16 @@ pub(crate) async fn apply(
         }
         Event::PostUnliked(e) => {
             let statement = tx
-                .prepare_cached(
+                .prepare_cached(&q(
+                    schema,
                     "WITH unliked AS (
-                         DELETE FROM projection.likes WHERE post_id = $1 AND user_id = $2
+                         DELETE FROM {s}.likes WHERE post_id = $1 AND user_id = $2
                          RETURNING post_id
                      )
-                     UPDATE projection.posts p SET like_count = p.like_count - 1
+                     UPDATE {s}.posts p SET like_count = p.like_count - 1
                      FROM unliked WHERE p.post_id = unliked.post_id
                      RETURNING p.author_id",
-                )
+                ))
                 .await?;
             if let Some(row) = tx.query_opt(&statement, &[&e.post_id, &e.user_id]).await? {
                 deltas.add(row.get(0), LIKES_RECEIVED, -1);
@@ -240,10 +252,11 @@ pub(crate) async fn apply(
         }
         Event::UserFollowed(e) => {
             let statement = tx
-                .prepare_cached(
-                    "INSERT INTO projection.follows (follower_id, followee_id, followed_at)
+                .prepare_cached(&q(
+                    schema,
+                    "INSERT INTO {s}.follows (follower_id, followee_id, followed_at)
                      VALUES ($1, $2, $3) ON CONFLICT (follower_id, followee_id) DO NOTHING",
-                )
+                ))
                 .await?;
             if tx
                 .execute(&statement, &[&e.follower_id, &e.followee_id, &at])
@@ -256,9 +269,10 @@ pub(crate) async fn apply(
         }
         Event::UserUnfollowed(e) => {
             let statement = tx
-                .prepare_cached(
-                    "DELETE FROM projection.follows WHERE follower_id = $1 AND followee_id = $2",
-                )
+                .prepare_cached(&q(
+                    schema,
+                    "DELETE FROM {s}.follows WHERE follower_id = $1 AND followee_id = $2",
+                ))
                 .await?;
             if tx
                 .execute(&statement, &[&e.follower_id, &e.followee_id])

@@ -91,18 +91,24 @@ pub(crate) struct Paging {
     cursor: Option<String>,
 }
 
-/// The parameters every read takes.
-struct ReadParams {
+/// One request's read: its parameters and the generation of read models it reads, taken once
+/// so that a request never mixes generations.
+struct Read<'a> {
+    app: &'a AppState,
+    schema: String,
     limit: i64,
     cursor: Cursor,
 }
 
 impl AppState {
-    /// Parses `limit`, `cursor` and `min_position`, and waits for the positions.
-    async fn read_params(&self, query: Option<String>) -> Result<ReadParams, Problem> {
+    /// Parses `limit`, `cursor` and `min_position`, waits for the positions, and picks the
+    /// active generation.
+    async fn read(&self, query: Option<String>) -> Result<Read<'_>, Problem> {
         let pairs = query_pairs(query.as_deref())?;
         let positions = min_positions(&pairs)?;
-        let mut params = ReadParams {
+        let mut params = Read {
+            app: self,
+            schema: String::new(),
             limit: DEFAULT_LIMIT,
             cursor: Cursor::start(),
         };
@@ -124,21 +130,31 @@ impl AppState {
             }
         }
         wait_for_positions(&self.progress, &positions, self.consistency_wait).await?;
+        params.schema = self.progress.read_schema().ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the read models are not ready yet",
+            )
+            .with_retry_after(std::time::Duration::from_secs(1))
+        })?;
         Ok(params)
     }
+}
 
+impl Read<'_> {
+    /// Runs `sql`, whose tables are named `{s}.<table>`, against this read's generation.
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Problem> {
-        let client = self.pool.get().await?;
-        let statement = client.prepare_cached(sql).await?;
+        let client = self.app.pool.get().await?;
+        let statement = client
+            .prepare_cached(&sql.replace("{s}", &self.schema))
+            .await?;
         Ok(client.query(&statement, params).await?)
     }
 
     async fn require_user(&self, user_id: Uuid) -> Result<(), Problem> {
         let rows = self
-            .query(
-                "SELECT 1 FROM projection.users WHERE user_id = $1",
-                &[&user_id],
-            )
+            .query("SELECT 1 FROM {s}.users WHERE user_id = $1", &[&user_id])
             .await?;
         if rows.is_empty() {
             Err(user_not_found())
@@ -173,19 +189,21 @@ fn page<T: ToSchema>(
 
 /// `GET /readyz`: 200 when the read models can be queried.
 pub(crate) async fn ready(State(app): State<AppState>) -> StatusCode {
-    match app
-        .query("SELECT 1 FROM projection.offsets LIMIT 1", &[])
-        .await
-    {
-        Ok(_) => StatusCode::OK,
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    let database = match app.pool.get().await {
+        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    };
+    if database && app.progress.read_schema().is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     }
 }
 
 const PROFILE: &str = "SELECT u.user_id, u.handle, u.display_name, u.bio, u.joined_at,
         coalesce(c.post_count, 0), coalesce(c.follower_count, 0), coalesce(c.following_count, 0),
         coalesce(c.likes_received, 0), coalesce(c.likes_given, 0)
-    FROM projection.users u LEFT JOIN projection.user_counters c ON c.user_id = u.user_id";
+    FROM {s}.users u LEFT JOIN {s}.user_counters c ON c.user_id = u.user_id";
 
 fn profile_from(row: &Row) -> Profile {
     Profile {
@@ -211,8 +229,8 @@ pub(crate) async fn profile(
     RawQuery(query): RawQuery,
 ) -> Answer<Profile> {
     let user_id = parse_id("user_id", &user_id)?;
-    app.read_params(query).await?;
-    let rows = app
+    let read = app.read(query).await?;
+    let rows = read
         .query(&format!("{PROFILE} WHERE u.user_id = $1"), &[&user_id])
         .await?;
     rows.first()
@@ -230,8 +248,8 @@ pub(crate) async fn profile_by_handle(
     RawQuery(query): RawQuery,
 ) -> Answer<Profile> {
     let handle = handle.trim().to_lowercase();
-    app.read_params(query).await?;
-    let rows = app
+    let read = app.read(query).await?;
+    let rows = read
         .query(&format!("{PROFILE} WHERE u.handle = $1"), &[&handle])
         .await?;
     rows.first()
@@ -242,8 +260,8 @@ pub(crate) async fn profile_by_handle(
 
 const POSTS: &str = "SELECT p.post_id, p.body, p.published_at, p.like_count,
         u.user_id, u.handle, u.display_name, p.reply_to, coalesce(c.reply_count, 0)
-    FROM projection.posts p JOIN projection.users u ON u.user_id = p.author_id
-    LEFT JOIN projection.post_counters c ON c.post_id = p.post_id
+    FROM {s}.posts p JOIN {s}.users u ON u.user_id = p.author_id
+    LEFT JOIN {s}.post_counters c ON c.post_id = p.post_id
     WHERE p.deleted_at IS NULL";
 
 const POSTS_PAGE: &str = "AND (p.published_at, p.post_id) < ($1, $2)
@@ -272,20 +290,15 @@ fn post_key(row: &Row) -> Cursor {
     }
 }
 
-async fn post_page(
-    app: &AppState,
-    filter: &str,
-    params: &ReadParams,
-    user: Option<&Uuid>,
-) -> Answer<Page<Post>> {
+async fn post_page(read: &Read<'_>, filter: &str, user: Option<&Uuid>) -> Answer<Page<Post>> {
     let sql = format!("{POSTS} {filter} {POSTS_PAGE}");
-    let fetch = params.limit + 1;
-    let mut args: Vec<&(dyn ToSql + Sync)> = vec![&params.cursor.at, &params.cursor.id, &fetch];
+    let fetch = read.limit + 1;
+    let mut args: Vec<&(dyn ToSql + Sync)> = vec![&read.cursor.at, &read.cursor.id, &fetch];
     if let Some(user) = user {
         args.push(user);
     }
-    let rows = app.query(&sql, &args).await?;
-    Ok(Json(page(rows, params.limit, post_key, post_from)))
+    let rows = read.query(&sql, &args).await?;
+    Ok(Json(page(rows, read.limit, post_key, post_from)))
 }
 
 /// `GET /v1/feed`: every post, newest first.
@@ -295,8 +308,8 @@ pub(crate) async fn global_feed(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Answer<Page<Post>> {
-    let params = app.read_params(query).await?;
-    post_page(&app, "", &params, None).await
+    let read = app.read(query).await?;
+    post_page(&read, "", None).await
 }
 
 /// `GET /v1/users/{user_id}/posts`: the author feed.
@@ -308,9 +321,9 @@ pub(crate) async fn author_feed(
     RawQuery(query): RawQuery,
 ) -> Answer<Page<Post>> {
     let user_id = parse_id("user_id", &user_id)?;
-    let params = app.read_params(query).await?;
-    app.require_user(user_id).await?;
-    post_page(&app, "AND p.author_id = $4", &params, Some(&user_id)).await
+    let read = app.read(query).await?;
+    read.require_user(user_id).await?;
+    post_page(&read, "AND p.author_id = $4", Some(&user_id)).await
 }
 
 /// `GET /v1/users/{user_id}/timeline`: posts by the user and everyone they follow.
@@ -322,11 +335,11 @@ pub(crate) async fn timeline(
     RawQuery(query): RawQuery,
 ) -> Answer<Page<Post>> {
     let user_id = parse_id("user_id", &user_id)?;
-    let params = app.read_params(query).await?;
-    app.require_user(user_id).await?;
+    let read = app.read(query).await?;
+    read.require_user(user_id).await?;
     let filter = "AND (p.author_id = $4 OR p.author_id IN (
-        SELECT followee_id FROM projection.follows WHERE follower_id = $4))";
-    post_page(&app, filter, &params, Some(&user_id)).await
+        SELECT followee_id FROM {s}.follows WHERE follower_id = $4))";
+    post_page(&read, filter, Some(&user_id)).await
 }
 
 /// `GET /v1/posts/{post_id}`.
@@ -338,8 +351,8 @@ pub(crate) async fn post(
     RawQuery(query): RawQuery,
 ) -> Answer<Post> {
     let post_id = parse_id("post_id", &post_id)?;
-    app.read_params(query).await?;
-    let rows = app
+    let read = app.read(query).await?;
+    let rows = read
         .query(&format!("{POSTS} AND p.post_id = $1"), &[&post_id])
         .await?;
     rows.first()
@@ -372,27 +385,27 @@ pub(crate) async fn likes(
     RawQuery(query): RawQuery,
 ) -> Answer<Page<Like>> {
     let post_id = parse_id("post_id", &post_id)?;
-    let params = app.read_params(query).await?;
-    let live = app
+    let read = app.read(query).await?;
+    let live = read
         .query(
-            "SELECT 1 FROM projection.posts WHERE post_id = $1 AND deleted_at IS NULL",
+            "SELECT 1 FROM {s}.posts WHERE post_id = $1 AND deleted_at IS NULL",
             &[&post_id],
         )
         .await?;
     if live.is_empty() {
         return Err(post_not_found());
     }
-    let fetch = params.limit + 1;
-    let rows = app
+    let fetch = read.limit + 1;
+    let rows = read
         .query(
             "SELECT u.user_id, u.handle, u.display_name, l.liked_at
-             FROM projection.likes l JOIN projection.users u ON u.user_id = l.user_id
+             FROM {s}.likes l JOIN {s}.users u ON u.user_id = l.user_id
              WHERE l.post_id = $1 AND (l.liked_at, l.user_id) < ($2, $3)
              ORDER BY l.liked_at DESC, l.user_id DESC LIMIT $4",
-            &[&post_id, &params.cursor.at, &params.cursor.id, &fetch],
+            &[&post_id, &read.cursor.at, &read.cursor.id, &fetch],
         )
         .await?;
-    Ok(Json(page(rows, params.limit, summary_key, |row| Like {
+    Ok(Json(page(rows, read.limit, summary_key, |row| Like {
         user: summary_from(row),
         liked_at: timestamp(row.get(3)),
     })))
@@ -412,26 +425,23 @@ async fn follow_page(
     side: Side,
 ) -> Answer<Page<UserSummary>> {
     let user_id = parse_id("user_id", user_id)?;
-    let params = app.read_params(query).await?;
-    app.require_user(user_id).await?;
+    let read = app.read(query).await?;
+    read.require_user(user_id).await?;
     let (listed, owner) = match side {
         Side::Followers => ("follower_id", "followee_id"),
         Side::Following => ("followee_id", "follower_id"),
     };
-    let fetch = params.limit + 1;
+    let fetch = read.limit + 1;
     let sql = format!(
         "SELECT u.user_id, u.handle, u.display_name, f.followed_at
-         FROM projection.follows f JOIN projection.users u ON u.user_id = f.{listed}
+         FROM {{s}}.follows f JOIN {{s}}.users u ON u.user_id = f.{listed}
          WHERE f.{owner} = $1 AND (f.followed_at, f.{listed}) < ($2, $3)
          ORDER BY f.followed_at DESC, f.{listed} DESC LIMIT $4"
     );
-    let rows = app
-        .query(
-            &sql,
-            &[&user_id, &params.cursor.at, &params.cursor.id, &fetch],
-        )
+    let rows = read
+        .query(&sql, &[&user_id, &read.cursor.at, &read.cursor.id, &fetch])
         .await?;
-    Ok(Json(page(rows, params.limit, summary_key, summary_from)))
+    Ok(Json(page(rows, read.limit, summary_key, summary_from)))
 }
 
 /// `GET /v1/users/{user_id}/followers`.

@@ -27,5 +27,6 @@ mod history;
 mod operate;
 mod pagination;
 mod projector_group;
+mod rebuild;
 mod scenario;
 mod validation;

@@ -37,9 +37,16 @@ async fn dead_letters_are_listed_retried_and_skipped_and_status_shows_the_lag() 
     app.db()
         .await
         .execute(
-            "INSERT INTO projection.dead_letters (topic, partition, \"offset\", key, payload, error)
-             VALUES ($1, $2, 1000000, $3, $4, 'an older build could not apply it')",
-            &[&app.topic, &partition, &post.id, &like.to_string().into_bytes()],
+            "INSERT INTO projection.dead_letters
+                 (generation, topic, partition, \"offset\", key, payload, error)
+             SELECT name, $1, $2, 1000000, $3, $4, 'an older build could not apply it'
+             FROM projection.generations WHERE state = 'active'",
+            &[
+                &app.topic,
+                &partition,
+                &post.id,
+                &like.to_string().into_bytes(),
+            ],
         )
         .await
         .expect("record a dead letter");

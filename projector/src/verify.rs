@@ -1,0 +1,212 @@
+//! `projector verify`: are two generations the same read models?
+//!
+//! Per table: the row count and an order-independent checksum (the sum of a 64-bit hash of every
+//! row), then, for the first table that differs, the first rows found in one and not the other.
+//! Counter rows that are all zero are left out: whether a counter that went up and down again
+//! has a row depends on how events happened to be batched, not on what they mean.
+
+use std::fmt;
+
+use deadpool_postgres::GenericClient;
+
+use crate::generation::schema_of;
+
+/// What is compared of each table: its columns, and which rows.
+const TABLES: &[(&str, &str, &str)] = &[
+    (
+        "users",
+        "user_id, handle, display_name, bio, joined_at",
+        "true",
+    ),
+    (
+        "user_counters",
+        "user_id, post_count, follower_count, following_count, likes_received, likes_given",
+        "(post_count, follower_count, following_count, likes_received, likes_given) <> (0, 0, 0, 0, 0)",
+    ),
+    (
+        "posts",
+        "post_id, author_id, body, published_at, like_count, deleted_at, reply_to",
+        "true",
+    ),
+    ("post_counters", "post_id, reply_count", "reply_count <> 0"),
+    ("likes", "post_id, user_id, liked_at", "true"),
+    ("follows", "follower_id, followee_id, followed_at", "true"),
+    ("applied_events", "event_id", "true"),
+];
+
+/// One table's fingerprint in one generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSum {
+    /// The table.
+    pub table: &'static str,
+    /// Its rows (as compared).
+    pub rows: i64,
+    /// The sum of the rows' hashes, as text.
+    pub checksum: String,
+}
+
+/// The outcome of comparing two generations.
+#[derive(Debug)]
+pub struct Comparison {
+    /// The two generations.
+    pub names: (String, String),
+    /// Each table's fingerprint in both.
+    pub tables: Vec<(TableSum, TableSum)>,
+    /// For the first table that differs: rows only in the first, rows only in the second.
+    pub first_difference: Option<(&'static str, Vec<String>, Vec<String>)>,
+}
+
+impl Comparison {
+    /// Whether the two generations hold the same read models.
+    pub fn identical(&self) -> bool {
+        self.tables.iter().all(|(a, b)| a == b)
+    }
+}
+
+impl fmt::Display for Comparison {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (a, b) = &self.names;
+        writeln!(f, "{:<16} {:>10} {:>10}  checksums", "table", a, b)?;
+        for (x, y) in &self.tables {
+            let verdict = if x == y { "equal" } else { "DIFFERENT" };
+            writeln!(
+                f,
+                "{:<16} {:>10} {:>10}  {verdict}",
+                x.table, x.rows, y.rows
+            )?;
+        }
+        if let Some((table, only_a, only_b)) = &self.first_difference {
+            writeln!(f, "first rows that differ in {table}:")?;
+            for row in only_a {
+                writeln!(f, "  only in {a}: {row}")?;
+            }
+            for row in only_b {
+                writeln!(f, "  only in {b}: {row}")?;
+            }
+        } else if self.identical() {
+            writeln!(f, "{a} and {b} hold the same read models")?;
+        }
+        Ok(())
+    }
+}
+
+/// Compares generations `a` and `b` (as they are; the caller makes sure they are at the same
+/// offsets).
+pub async fn compare(
+    client: &impl GenericClient,
+    a: &str,
+    b: &str,
+) -> Result<Comparison, tokio_postgres::Error> {
+    let mut tables = Vec::with_capacity(TABLES.len());
+    for (table, columns, filter) in TABLES {
+        let x = checksum(client, &schema_of(a), table, columns, filter).await?;
+        let y = checksum(client, &schema_of(b), table, columns, filter).await?;
+        tables.push((x, y));
+    }
+    let mut first_difference = None;
+    if let Some((table, columns, filter)) = TABLES
+        .iter()
+        .zip(&tables)
+        .find(|(_, (x, y))| x != y)
+        .map(|(spec, _)| spec)
+    {
+        let only = |from: &str, other: &str| {
+            format!(
+                "SELECT ROW({columns})::text FROM (
+                     SELECT {columns} FROM {} WHERE {filter}
+                     EXCEPT ALL
+                     SELECT {columns} FROM {} WHERE {filter}
+                 ) d LIMIT 5",
+                qualified(from, table),
+                qualified(other, table)
+            )
+        };
+        let rows = |sql: String| async move {
+            client.query(&sql, &[]).await.map(|rows| {
+                rows.iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>()
+            })
+        };
+        first_difference = Some((*table, rows(only(a, b)).await?, rows(only(b, a)).await?));
+    }
+    Ok(Comparison {
+        names: (a.to_owned(), b.to_owned()),
+        tables,
+        first_difference,
+    })
+}
+
+fn qualified(generation: &str, table: &str) -> String {
+    format!("{}.{table}", schema_of(generation))
+}
+
+async fn checksum(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &'static str,
+    columns: &str,
+    filter: &str,
+) -> Result<TableSum, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(sum(
+                     ('x' || left(md5(ROW({columns})::text), 16))::bit(64)::bigint::numeric
+                 ), 0)::text
+                 FROM {schema}.{table} WHERE {filter}"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(TableSum {
+        table,
+        rows: row.get(0),
+        checksum: row.get(1),
+    })
+}
+
+/// `projector verify a b`: compares two generations, which must be at the same offsets. The
+/// active one, if either is, is frozen for the duration. Returns whether they are identical.
+pub async fn verify_generations(
+    pool: &deadpool_postgres::Pool,
+    topic: &str,
+    a: &str,
+    b: &str,
+) -> anyhow::Result<bool> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let found = tx
+        .query(
+            "SELECT name FROM projection.generations WHERE name = ANY($1) FOR UPDATE",
+            &[&vec![a, b]],
+        )
+        .await?
+        .len();
+    anyhow::ensure!(
+        found == 2 || (a == b && found == 1),
+        "no such generation: give two of `projector generations list`"
+    );
+    let differing: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM projection.offsets x
+             FULL JOIN projection.offsets y
+                 ON y.generation = $2 AND y.topic = x.topic AND y.partition = x.partition
+             WHERE (x.generation = $1 OR x.generation IS NULL)
+               AND (y.generation = $2 OR y.generation IS NULL)
+               AND coalesce(x.topic, y.topic) = $3
+               AND coalesce(x.next_offset, 0) <> coalesce(y.next_offset, 0)",
+            &[&a, &b, &topic],
+        )
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        differing == 0,
+        "{a} and {b} are at different offsets in {differing} partitions; generations are compared \
+         only at the same offsets (a rebuild compares them just before it switches)"
+    );
+    let comparison = compare(&tx, a, b).await?;
+    print!("{comparison}");
+    tx.rollback().await?;
+    Ok(comparison.identical())
+}
