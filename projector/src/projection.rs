@@ -31,6 +31,9 @@ const LIKES_GIVEN: usize = 4;
 pub(crate) struct CounterDeltas {
     users: BTreeMap<Uuid, Deltas>,
     replies: BTreeMap<Uuid, i64>,
+    /// Like counts of posts: a popular post is liked many times in one batch, and one update
+    /// per batch instead of one per like keeps its row from becoming the bottleneck.
+    likes: BTreeMap<Uuid, i64>,
 }
 
 impl CounterDeltas {
@@ -40,6 +43,10 @@ impl CounterDeltas {
 
     fn add_reply(&mut self, parent: Uuid, by: i64) {
         *self.replies.entry(parent).or_default() += by;
+    }
+
+    fn add_like(&mut self, post: Uuid, by: i64) {
+        *self.likes.entry(post).or_default() += by;
     }
 
     /// Adds `other`'s changes to these.
@@ -53,13 +60,41 @@ impl CounterDeltas {
         for (post, by) in other.replies {
             self.add_reply(post, by);
         }
+        for (post, by) in other.likes {
+            self.add_like(post, by);
+        }
     }
 
     /// Writes the changes: users, then posts, each in ascending id, so that concurrent batches
     /// take row locks in one global order.
     pub(crate) async fn write(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
         self.write_users(tx, schema).await?;
-        self.write_replies(tx, schema).await
+        self.write_replies(tx, schema).await?;
+        self.write_likes(tx, schema).await
+    }
+
+    /// Like counts live on the post's row; only this partition's batches touch it. A post
+    /// deleted earlier in the batch keeps its zero.
+    async fn write_likes(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
+        let (posts, by): (Vec<Uuid>, Vec<i64>) = self
+            .likes
+            .iter()
+            .filter(|(_, by)| **by != 0)
+            .map(|(post, by)| (*post, *by))
+            .unzip();
+        if posts.is_empty() {
+            return Ok(());
+        }
+        let statement = tx
+            .prepare_cached(&q(
+                schema,
+                "UPDATE {s}.posts p SET like_count = p.like_count + d.by
+                 FROM unnest($1::uuid[], $2::int8[]) AS d(post_id, by)
+                 WHERE p.post_id = d.post_id AND p.deleted_at IS NULL",
+            ))
+            .await?;
+        tx.execute(&statement, &[&posts, &by]).await?;
+        Ok(())
     }
 
     async fn write_replies(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
@@ -212,22 +247,22 @@ pub(crate) async fn apply(
             let statement = tx
                 .prepare_cached(&q(
                     schema,
-                    "WITH liked AS (
+                    "WITH post AS (
+                         SELECT author_id FROM {s}.posts WHERE post_id = $1 AND deleted_at IS NULL
+                     ), liked AS (
                          INSERT INTO {s}.likes (post_id, user_id, liked_at)
-                         SELECT post_id, $2, $3 FROM {s}.posts
-                         WHERE post_id = $1 AND deleted_at IS NULL
+                         SELECT $1, $2, $3 FROM post
                          ON CONFLICT (post_id, user_id) DO NOTHING
-                         RETURNING post_id
+                         RETURNING 1
                      )
-                     UPDATE {s}.posts p SET like_count = p.like_count + 1
-                     FROM liked WHERE p.post_id = liked.post_id
-                     RETURNING p.author_id",
+                     SELECT author_id FROM post WHERE EXISTS (SELECT 1 FROM liked)",
                 ))
                 .await?;
             if let Some(row) = tx
                 .query_opt(&statement, &[&e.post_id, &e.user_id, &at])
                 .await?
             {
+                deltas.add_like(e.post_id, 1);
                 deltas.add(row.get(0), LIKES_RECEIVED, 1);
                 deltas.add(e.user_id, LIKES_GIVEN, 1);
             }
@@ -237,15 +272,14 @@ pub(crate) async fn apply(
                 .prepare_cached(&q(
                     schema,
                     "WITH unliked AS (
-                         DELETE FROM {s}.likes WHERE post_id = $1 AND user_id = $2
-                         RETURNING post_id
+                         DELETE FROM {s}.likes WHERE post_id = $1 AND user_id = $2 RETURNING 1
                      )
-                     UPDATE {s}.posts p SET like_count = p.like_count - 1
-                     FROM unliked WHERE p.post_id = unliked.post_id
-                     RETURNING p.author_id",
+                     SELECT author_id FROM {s}.posts
+                     WHERE post_id = $1 AND EXISTS (SELECT 1 FROM unliked)",
                 ))
                 .await?;
             if let Some(row) = tx.query_opt(&statement, &[&e.post_id, &e.user_id]).await? {
+                deltas.add_like(e.post_id, -1);
                 deltas.add(row.get(0), LIKES_RECEIVED, -1);
                 deltas.add(e.user_id, LIKES_GIVEN, -1);
             }

@@ -107,7 +107,10 @@ async fn a_rebuild_under_traffic_fails_no_request_and_no_read_goes_backwards() {
     let reads = reading.await.expect("reader");
 
     // Assert
-    println!("{out}{} writes and {reads} reads during the rebuild", published.len());
+    println!(
+        "{out}{} writes and {reads} reads during the rebuild",
+        published.len()
+    );
     assert!(rebuilt, "the rebuild failed:\n{out}\n{err}");
     assert!(out.contains("hold the same read models"), "{out}");
     assert!(out.contains("generation g2 is active"), "{out}");

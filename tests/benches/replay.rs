@@ -1,0 +1,533 @@
+//! The replay benchmark: how fast does `projector rebuild` fold the whole log into a new
+//! generation, next to the two things it cannot beat, measured in the same run on the same
+//! broker and database:
+//!
+//! - reading the same events from the broker with a bare rdkafka consumer, and
+//! - writing the resulting rows to Postgres with binary `COPY`.
+//!
+//! A generator first writes N realistic events straight to a fresh topic: users, a follow graph,
+//! posts by Zipf-distributed authors, Zipf-distributed likes, a few percent unlikes, deletes and
+//! profile updates. The live projector then projects them (timed too, for reference), and the
+//! rebuild builds generation g2 from offset 0. The table is printed and appended to
+//! BENCHMARKS.md. Run it with `script/bench replay [N]` (default 1,000,000).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chronicle_events::{
+    Envelope, Event, PostDeleted, PostLiked, PostPublished, PostUnliked, ProfileUpdated,
+    UserFollowed, UserRegistered,
+};
+use futures_util::StreamExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+const PARTITIONS: i32 = 12;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let events: usize = std::env::args()
+        .skip(1)
+        .find_map(|arg| arg.replace('_', "").parse().ok())
+        .unwrap_or(1_000_000);
+    let brokers = env("KAFKA_BROKERS", "127.0.0.1:9092");
+    let admin_url = env(
+        "CHRONICLE_TEST_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    );
+    let bin_dir = std::env::var("CHRONICLE_BIN_DIR").map_err(|_| "CHRONICLE_BIN_DIR is not set")?;
+    let id = format!("{:x}", chrono::Utc::now().timestamp_millis());
+    let database = format!("chronicle_bench_{id}");
+    let topic = format!("bench_{id}.events");
+    let database_url = with_database(&admin_url, &database);
+
+    let (admin, connection) = tokio_postgres::connect(&admin_url, NoTls).await?;
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await?;
+    create_topic(&brokers, &topic).await?;
+    println!("replay benchmark: {events} events, topic {topic}, database {database}");
+
+    // The log.
+    let started = Instant::now();
+    let produced = generate(&brokers, &topic, events).await?;
+    let produce_secs = started.elapsed().as_secs_f64();
+    println!("produced {produced} events in {produce_secs:.1} s");
+
+    let service_env = [
+        ("KAFKA_BROKERS", brokers.clone()),
+        ("CHRONICLE_TOPIC", topic.clone()),
+        ("CHRONICLE_PARTITIONS", PARTITIONS.to_string()),
+        ("DATABASE_URL", database_url.clone()),
+        ("CHRONICLE_PROJECTOR_GROUP", format!("bench_{id}.projector")),
+        ("CHRONICLE_PROJECTOR_ADDR", "127.0.0.1:0".to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let projector = format!("{bin_dir}/projector");
+
+    // The live projector catches up (it must: a rebuild never gets ahead of it).
+    let started = Instant::now();
+    let mut live = spawn(&projector, &[], &service_env)?;
+    let (db, connection) = tokio_postgres::connect(&database_url, NoTls).await?;
+    tokio::spawn(connection);
+    wait_until_projected(&db, produced as i64).await?;
+    let live_secs = started.elapsed().as_secs_f64();
+
+    // Baseline 1: the same events read by a bare consumer.
+    let started = Instant::now();
+    let consumed = consume_all(&brokers, &topic).await?;
+    let consume_secs = started.elapsed().as_secs_f64();
+    assert_eq!(
+        consumed, produced,
+        "the bare consumer read {consumed} of {produced}"
+    );
+
+    // The rebuild.
+    let started = Instant::now();
+    let output = Command::new(&projector)
+        .arg("rebuild")
+        .envs(service_env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .output()?;
+    let rebuild_secs = started.elapsed().as_secs_f64();
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    if !output.status.success() {
+        return Err(format!(
+            "the rebuild failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let _ = live.kill();
+    let _ = live.wait();
+
+    // Baseline 2: the rows the rebuild wrote, written again with binary COPY.
+    let (rows, copy_secs) = copy_rows(&db, "read_g2").await?;
+
+    let rate = |secs: f64| produced as f64 / secs;
+    let slower_baseline = rate(consume_secs).min(rate(copy_secs));
+    let measures = [
+        (
+            "bare consumer: read every event from the broker",
+            consume_secs,
+        ),
+        ("binary COPY: write the resulting rows", copy_secs),
+        (
+            "projector rebuild (whole command, verify included)",
+            rebuild_secs,
+        ),
+        (
+            "live projector catching up (start-up and group join included)",
+            live_secs,
+        ),
+    ];
+    let mut table = String::new();
+    writeln!(
+        table,
+        "| measure | seconds | events/s | ratio to the slower baseline |"
+    )?;
+    writeln!(table, "|---|---:|---:|---:|")?;
+    for (name, secs) in measures {
+        writeln!(
+            table,
+            "| {name} | {secs:.1} | {:.0} | {:.2} |",
+            rate(secs),
+            rate(secs) / slower_baseline
+        )?;
+    }
+    let summary = format!(
+        "{events} events ({rows} rows in the read models), {PARTITIONS} partitions; produced in \
+         {produce_secs:.1} s. Goal: rebuild >= 0.8 of the slower baseline: {}.",
+        if rate(rebuild_secs) >= 0.8 * slower_baseline {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    println!("\n{table}\n{summary}");
+    append_to_benchmarks(events, &table, &summary)?;
+
+    drop(db);
+    admin
+        .batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)"))
+        .await?;
+    Ok(())
+}
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = base.rsplit_once('/').map_or(base, |(head, _)| head);
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+async fn create_topic(brokers: &str, topic: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new =
+        NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1)).set("retention.ms", "-1");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics([&new], &options).await? {
+        result.map_err(|(name, code)| format!("cannot create {name}: {code}"))?;
+    }
+    Ok(())
+}
+
+fn spawn(binary: &str, args: &[&str], vars: &[(&str, String)]) -> Result<Child> {
+    Ok(Command::new(binary)
+        .args(args)
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()?)
+}
+
+/// Polls the active generation's offsets until they cover `events` (a benchmark may poll).
+async fn wait_until_projected(db: &tokio_postgres::Client, events: i64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let done: Option<i64> = db
+            .query_opt(
+                "SELECT sum(next_offset)::bigint FROM projection.offsets o
+                 JOIN projection.generations g ON g.name = o.generation AND g.state = 'active'",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| row.get(0));
+        if done.is_some_and(|done| done >= events) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the live projector did not catch up within an hour".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A small deterministic generator (xorshift) with Zipf sampling by inverse CDF.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// Zipf(s = 1) over the first `n` items, sampled from a cumulative table.
+struct Zipf(Vec<f64>);
+
+impl Zipf {
+    fn new(n: usize) -> Zipf {
+        let mut total = 0.0;
+        Zipf(
+            (1..=n)
+                .map(|k| {
+                    total += 1.0 / k as f64;
+                    total
+                })
+                .collect(),
+        )
+    }
+
+    fn sample(&self, rng: &mut Rng, n: usize) -> usize {
+        let n = n.min(self.0.len()).max(1);
+        let x = (rng.next() as f64 / u64::MAX as f64) * self.0[n - 1];
+        self.0[..n].partition_point(|c| *c < x).min(n - 1)
+    }
+}
+
+/// Writes `count` events of a plausible social history to the topic; returns how many.
+async fn generate(brokers: &str, topic: &str, count: usize) -> Result<usize> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "300000")
+        .create()?;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let users_total = (count / 100).max(10);
+    let zipf_users = Zipf::new(users_total);
+    let zipf_posts = Zipf::new(count);
+    let mut users: Vec<Uuid> = Vec::with_capacity(users_total);
+    // Posts newest last; (id, author, deleted); and live likes as (post index, user).
+    let mut posts: Vec<(Uuid, Uuid, bool)> = Vec::new();
+    let mut likes: Vec<(usize, Uuid)> = Vec::new();
+    let start = chrono::Utc::now() - chrono::Duration::days(30);
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    let mut sent = 0;
+    while sent < count {
+        let at = start + chrono::Duration::milliseconds(sent as i64 * 2);
+        let roll = rng.below(100);
+        let event = if users.len() < 10 || (users.len() < users_total && roll < 2) {
+            let user_id = Uuid::now_v7();
+            users.push(user_id);
+            Event::UserRegistered(UserRegistered {
+                user_id,
+                handle: format!("user_{}", users.len()),
+                display_name: format!("User {}", users.len()),
+                bio: String::new(),
+            })
+        } else if roll < 12 {
+            let follower = users[zipf_users.sample(&mut rng, users.len())];
+            let followee = users[rng.below(users.len())];
+            Event::UserFollowed(UserFollowed {
+                follower_id: follower,
+                followee_id: followee,
+            })
+        } else if roll < 15 {
+            let user_id = users[rng.below(users.len())];
+            Event::ProfileUpdated(ProfileUpdated {
+                user_id,
+                display_name: None,
+                bio: Some(format!("bio at event {sent}")),
+            })
+        } else if roll < 38 || posts.is_empty() {
+            let author = users[zipf_users.sample(&mut rng, users.len())];
+            let post_id = Uuid::now_v7();
+            let reply_to = (!posts.is_empty() && rng.chance(10))
+                .then(|| posts[posts.len() - 1 - zipf_posts.sample(&mut rng, posts.len())].0);
+            posts.push((post_id, author, false));
+            Event::PostPublished(PostPublished {
+                post_id,
+                author_id: author,
+                body: format!("post number {} with some words in it", posts.len()),
+                reply_to,
+            })
+        } else if roll < 40 {
+            let index = posts.len() - 1 - rng.below(posts.len());
+            let (post_id, author, deleted) = posts[index];
+            if deleted {
+                continue;
+            }
+            posts[index].2 = true;
+            Event::PostDeleted(PostDeleted {
+                post_id,
+                author_id: author,
+            })
+        } else if roll < 43 && !likes.is_empty() {
+            let (index, user_id) = likes.swap_remove(rng.below(likes.len()));
+            Event::PostUnliked(PostUnliked {
+                post_id: posts[index].0,
+                user_id,
+            })
+        } else {
+            // Recent posts are liked most: Zipf over age.
+            let index = posts.len() - 1 - zipf_posts.sample(&mut rng, posts.len());
+            let user_id = users[rng.below(users.len())];
+            likes.push((index, user_id));
+            Event::PostLiked(PostLiked {
+                post_id: posts[index].0,
+                user_id,
+            })
+        };
+        let actor = match &event {
+            Event::PostLiked(e) => e.user_id,
+            Event::PostUnliked(e) => e.user_id,
+            Event::PostPublished(e) => e.author_id,
+            Event::PostDeleted(e) => e.author_id,
+            other => other.aggregate_id(),
+        };
+        let envelope = Envelope::at(at, actor, event);
+        let key = envelope.aggregate_id().to_string();
+        let payload = envelope.to_json();
+        let producer = producer.clone();
+        let topic = topic.to_owned();
+        in_flight.push(async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&payload),
+                    Duration::from_secs(300),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(err, _)| err)
+        });
+        sent += 1;
+        while in_flight.len() >= 50_000 {
+            if let Some(result) = in_flight.next().await {
+                result?;
+            }
+        }
+    }
+    while let Some(result) = in_flight.next().await {
+        result?;
+    }
+    Ok(sent)
+}
+
+/// Reads every event of the topic with a bare consumer; returns how many.
+async fn consume_all(brokers: &str, topic: &str) -> Result<usize> {
+    let brokers = brokers.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<usize> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("{topic}.bench-consumer"))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut remaining: HashMap<i32, i64> = HashMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..PARTITIONS {
+            let (low, high) =
+                consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+            if high > low {
+                remaining.insert(partition, high);
+                assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
+            }
+        }
+        consumer.assign(&assignment)?;
+        let mut count = 0;
+        while !remaining.is_empty() {
+            let message = consumer
+                .poll(Duration::from_secs(30))
+                .ok_or("no events for 30 s")??;
+            use rdkafka::message::Message;
+            count += 1;
+            if remaining
+                .get(&message.partition())
+                .is_some_and(|end| message.offset() + 1 >= *end)
+            {
+                remaining.remove(&message.partition());
+            }
+        }
+        Ok(count)
+    })
+    .await?
+}
+
+/// Copies every read-model table of `schema` out, then times writing the rows into empty copies
+/// of the tables (indexes included) with binary COPY. Returns (rows, seconds).
+async fn copy_rows(db: &tokio_postgres::Client, schema: &str) -> Result<(u64, f64)> {
+    const TABLES: &[&str] = &[
+        "users",
+        "user_counters",
+        "posts",
+        "post_counters",
+        "likes",
+        "follows",
+        "applied_events",
+    ];
+    db.batch_execute("CREATE SCHEMA bench_copy").await?;
+    let mut dumps = Vec::new();
+    for table in TABLES {
+        db.batch_execute(&format!(
+            "CREATE TABLE bench_copy.{table} (LIKE {schema}.{table} INCLUDING ALL)"
+        ))
+        .await?;
+        let stream = db
+            .copy_out(&format!("COPY {schema}.{table} TO STDOUT (FORMAT binary)"))
+            .await?;
+        let chunks: Vec<bytes::Bytes> = stream
+            .map(|c| c.map_err(Box::from))
+            .collect::<Vec<Result<_>>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        dumps.push((table, chunks));
+    }
+    let started = Instant::now();
+    let mut rows = 0;
+    for (table, chunks) in dumps {
+        let sink = db
+            .copy_in::<_, bytes::Bytes>(&format!(
+                "COPY bench_copy.{table} FROM STDIN (FORMAT binary)"
+            ))
+            .await?;
+        futures_util::pin_mut!(sink);
+        for chunk in chunks {
+            futures_util::SinkExt::send(&mut sink, chunk).await?;
+        }
+        rows += sink.finish().await?;
+    }
+    Ok((rows, started.elapsed().as_secs_f64()))
+}
+
+fn append_to_benchmarks(events: usize, table: &str, summary: &str) -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let revision = run(
+        "git",
+        &[
+            "-C",
+            &root.display().to_string(),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ],
+    );
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_owned()))
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or_else(String::new, |kib| format!(", {} GiB", kib / 1024 / 1024));
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let entry = format!(
+        "\n## replay, {events} events — {} (rev {revision})\n\nMachine: {cores} cores, {cpu}{memory}; broker tansu \
+         0.6.0 (libsql), PostgreSQL, the services in release builds, all on this one machine.\n\n{table}\n{summary}\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+    );
+    let path = root.join("BENCHMARKS.md");
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        "# Benchmarks\n\nAppended by `script/bench`. Absolute numbers drift on shared machines; \
+         the ratios, measured side by side in one run, are what to compare.\n"
+            .to_owned()
+    });
+    text.push_str(&entry);
+    std::fs::write(&path, text)?;
+    println!("appended to {}", path.display());
+    Ok(())
+}
