@@ -127,21 +127,9 @@ impl AppState {
         wait_for_positions(&self.progress, &positions, self.consistency_wait).await
     }
 
-    /// The schema of the active generation of read models.
-    fn read_schema(&self) -> Result<String, Problem> {
-        self.progress.read_schema().ok_or_else(|| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
-                "the read models are not ready yet",
-            )
-            .with_retry_after(std::time::Duration::from_secs(1))
-        })
-    }
-
     /// The author of a live (published, not deleted) post, from the read models.
     async fn post_author(&self, post_id: Uuid) -> Result<Uuid, Problem> {
-        let schema = self.read_schema()?;
+        let schema = self.progress.require_read_schema()?;
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(&format!(
@@ -157,7 +145,7 @@ impl AppState {
 
     /// Checks that a user is registered, from the read models.
     async fn user_exists(&self, user_id: Uuid) -> Result<(), Problem> {
-        let schema = self.read_schema()?;
+        let schema = self.progress.require_read_schema()?;
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(&format!("SELECT 1 FROM {schema}.users WHERE user_id = $1"))

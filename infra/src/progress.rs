@@ -70,6 +70,19 @@ impl Progress {
         self.view.borrow().generation.as_deref().map(read_schema)
     }
 
+    /// Like [`Progress::read_schema`], for a request: 503 `database_unavailable` until the
+    /// projector has set up the read models.
+    pub fn require_read_schema(&self) -> Result<String, crate::Problem> {
+        self.read_schema().ok_or_else(|| {
+            crate::Problem::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the read models are not ready yet",
+            )
+            .with_retry_after(Duration::from_secs(1))
+        })
+    }
+
     /// Whether every position has been applied to the active generation's read models.
     pub fn reached(&self, positions: &[Position]) -> bool {
         reached(&self.view.borrow().offsets, positions)

@@ -69,52 +69,27 @@ impl CounterDeltas {
     /// take row locks in one global order.
     pub(crate) async fn write(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
         self.write_users(tx, schema).await?;
-        self.write_replies(tx, schema).await?;
-        self.write_likes(tx, schema).await
-    }
-
-    /// Like counts live on the post's row; only this partition's batches touch it. A post
-    /// deleted earlier in the batch keeps its zero.
-    async fn write_likes(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
-        let (posts, by): (Vec<Uuid>, Vec<i64>) = self
-            .likes
-            .iter()
-            .filter(|(_, by)| **by != 0)
-            .map(|(post, by)| (*post, *by))
-            .unzip();
-        if posts.is_empty() {
-            return Ok(());
-        }
-        let statement = tx
-            .prepare_cached(&q(
-                schema,
-                "UPDATE {s}.posts p SET like_count = p.like_count + d.by
-                 FROM unnest($1::uuid[], $2::int8[]) AS d(post_id, by)
-                 WHERE p.post_id = d.post_id AND p.deleted_at IS NULL",
-            ))
-            .await?;
-        tx.execute(&statement, &[&posts, &by]).await?;
-        Ok(())
-    }
-
-    async fn write_replies(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
-        let (posts, by): (Vec<Uuid>, Vec<i64>) = self
-            .replies
-            .iter()
-            .filter(|(_, by)| **by != 0)
-            .map(|(post, by)| (*post, *by))
-            .unzip();
-        if posts.is_empty() {
-            return Ok(());
-        }
-        let statement = tx
-            .prepare_cached(&q(schema, "INSERT INTO {s}.post_counters AS c (post_id, reply_count)
-                 SELECT * FROM unnest($1::uuid[], $2::int8[]) ORDER BY 1
-                 ON CONFLICT (post_id) DO UPDATE SET reply_count = c.reply_count + EXCLUDED.reply_count")
-            )
-            .await?;
-        tx.execute(&statement, &[&posts, &by]).await?;
-        Ok(())
+        // Replies: the parent is in another partition, and may not even be applied yet.
+        write_post_deltas(
+            tx,
+            schema,
+            &self.replies,
+            "INSERT INTO {s}.post_counters AS c (post_id, reply_count)
+             SELECT * FROM unnest($1::uuid[], $2::int8[]) ORDER BY 1
+             ON CONFLICT (post_id) DO UPDATE SET reply_count = c.reply_count + EXCLUDED.reply_count",
+        )
+        .await?;
+        // Like counts live on the post's row; only this partition's batches touch it. A post
+        // deleted earlier in the batch keeps its zero.
+        write_post_deltas(
+            tx,
+            schema,
+            &self.likes,
+            "UPDATE {s}.posts p SET like_count = p.like_count + d.by
+             FROM unnest($1::uuid[], $2::int8[]) AS d(post_id, by)
+             WHERE p.post_id = d.post_id AND p.deleted_at IS NULL",
+        )
+        .await
     }
 
     async fn write_users(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
@@ -318,5 +293,25 @@ pub(crate) async fn apply(
             }
         }
     }
+    Ok(())
+}
+
+/// Runs `sql` with the non-zero `deltas` as `$1` (post ids, ascending) and `$2` (changes).
+async fn write_post_deltas(
+    tx: &Transaction<'_>,
+    schema: &str,
+    deltas: &BTreeMap<Uuid, i64>,
+    sql: &str,
+) -> Result<(), Error> {
+    let (posts, by): (Vec<Uuid>, Vec<i64>) = deltas
+        .iter()
+        .filter(|(_, by)| **by != 0)
+        .map(|(post, by)| (*post, *by))
+        .unzip();
+    if posts.is_empty() {
+        return Ok(());
+    }
+    let statement = tx.prepare_cached(&q(schema, sql)).await?;
+    tx.execute(&statement, &[&posts, &by]).await?;
     Ok(())
 }

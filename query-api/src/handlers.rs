@@ -130,14 +130,7 @@ impl AppState {
             }
         }
         wait_for_positions(&self.progress, &positions, self.consistency_wait).await?;
-        params.schema = self.progress.read_schema().ok_or_else(|| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
-                "the read models are not ready yet",
-            )
-            .with_retry_after(std::time::Duration::from_secs(1))
-        })?;
+        params.schema = self.progress.require_read_schema()?;
         Ok(params)
     }
 }
