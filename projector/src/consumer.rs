@@ -7,6 +7,7 @@
 //! is kept from doing harm by the fence in [`crate::batch`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -211,6 +212,12 @@ pub(crate) async fn consume(
 ) {
     let mut inboxes: HashMap<i32, mpsc::Sender<Record>> = HashMap::new();
     let mut workers = JoinSet::new();
+    let applied = Arc::new(AtomicU64::new(0));
+    let statistics = tokio::spawn(keep_statistics_fresh(
+        pool.clone(),
+        settings.target.clone(),
+        Arc::clone(&applied),
+    ));
     tokio::pin!(shutdown);
     loop {
         let message = tokio::select! {
@@ -244,6 +251,7 @@ pub(crate) async fn consume(
                 topic.clone(),
                 partition,
                 settings.clone(),
+                Arc::clone(&applied),
                 receiver,
             ));
             sender
@@ -257,6 +265,29 @@ pub(crate) async fn consume(
     }
     drop(inboxes);
     while workers.join_next().await.is_some() {}
+    statistics.abort();
+}
+
+/// Events applied between two `ANALYZE`s of the generation's tables.
+const ANALYZE_AFTER: u64 = 20_000;
+
+/// Re-analyzes the target generation's tables as they grow. Autovacuum does this too, where it
+/// runs; where it does not (or lags behind a rebuild), the planner would keep planning for the
+/// empty tables the prepared statements first met, and every event would get slower.
+async fn keep_statistics_fresh(pool: Pool, target: Target, applied: Arc<AtomicU64>) {
+    let mut since = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        since += applied.swap(0, Ordering::Relaxed);
+        if since < ANALYZE_AFTER {
+            continue;
+        }
+        match crate::generation::analyze(&pool, &target).await {
+            Ok(()) => since = 0,
+            Err(err) => tracing::warn!(error = %format!("{err:#}"), "ANALYZE failed"),
+        }
+    }
 }
 
 /// One partition's worker: takes what has arrived (up to `batch_size`) and applies it as one
@@ -267,6 +298,7 @@ async fn work(
     topic: String,
     partition: i32,
     settings: ConsumeSettings,
+    applied_total: Arc<AtomicU64>,
     mut inbox: mpsc::Receiver<Record>,
 ) {
     let batch_size = settings.batch_size;
@@ -341,6 +373,7 @@ async fn work(
                 }) => {
                     expected = next;
                     metrics::counter!("projector_events_applied_total").increment(applied as u64);
+                    applied_total.fetch_add(applied as u64, Ordering::Relaxed);
                     metrics::counter!("projector_dead_letters_total").increment(dead as u64);
                     metrics::histogram!("projector_batch_size").record(batch.len() as f64);
                     metrics::histogram!("projector_batch_duration_seconds")

@@ -140,6 +140,30 @@ pub async fn drop(pool: &Pool, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Updates the planner's statistics of `target`'s read-model tables.
+pub(crate) async fn analyze(pool: &Pool, target: &Target) -> anyhow::Result<()> {
+    let client = pool.get().await?;
+    let name = match target {
+        Target::Building(name) => name.clone(),
+        Target::Active => active(&client).await?,
+    };
+    let schema = schema_of(&name);
+    let tables = [
+        "users",
+        "user_counters",
+        "posts",
+        "post_counters",
+        "likes",
+        "follows",
+        "applied_events",
+    ]
+    .map(|table| format!("{schema}.{table}"))
+    .join(", ");
+    client.batch_execute(&format!("ANALYZE {tables}")).await?;
+    tracing::debug!(generation = %name, "analyzed");
+    Ok(())
+}
+
 /// The advisory lock a rebuild holds for as long as it runs.
 pub(crate) const REBUILD_LOCK: &str = "chronicle.rebuild";
 
