@@ -119,16 +119,9 @@ impl Partition<'_> {
     async fn generation(&self, tx: &Transaction<'_>) -> Result<String, BatchError> {
         match self.target {
             Target::Building(name) => Ok(name.clone()),
-            Target::Active => tx
-                .query_opt(
-                    "SELECT name FROM projection.generations WHERE state = 'active' FOR SHARE",
-                    &[],
-                )
-                .await?
-                .map(|row| row.get(0))
-                .ok_or_else(|| {
-                    BatchError::Transient("no active generation: a switch is under way".into())
-                }),
+            Target::Active => generation::active_held(tx).await?.ok_or_else(|| {
+                BatchError::Transient("no active generation: a switch is under way".into())
+            }),
         }
     }
 

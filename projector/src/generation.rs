@@ -20,7 +20,7 @@ pub const PROJECTION_VERSION: i32 = 1;
 
 /// The schema of generation `name`.
 pub fn schema_of(name: &str) -> String {
-    format!("read_{name}")
+    chronicle_infra::progress::read_schema(name)
 }
 
 /// `template` with `{s}` replaced by the schema's name.
@@ -80,6 +80,20 @@ pub async fn active(client: &impl GenericClient) -> anyhow::Result<String> {
         .await?
         .map(|row| row.get(0))
         .context("there is no active generation")
+}
+
+/// The active generation's name, held `FOR SHARE` until the transaction ends, so that no switch
+/// of generations happens meanwhile. `None` while a switch is committing.
+pub(crate) async fn active_held(
+    client: &impl GenericClient,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT name FROM projection.generations WHERE state = 'active' FOR SHARE",
+            &[],
+        )
+        .await?
+        .map(|row| row.get(0)))
 }
 
 /// Creates a new, empty `building` generation and its schema; returns its name.
@@ -148,17 +162,11 @@ pub(crate) async fn analyze(pool: &Pool, target: &Target) -> anyhow::Result<()> 
         Target::Active => active(&client).await?,
     };
     let schema = schema_of(&name);
-    let tables = [
-        "users",
-        "user_counters",
-        "posts",
-        "post_counters",
-        "likes",
-        "follows",
-        "applied_events",
-    ]
-    .map(|table| format!("{schema}.{table}"))
-    .join(", ");
+    let tables = crate::verify::TABLES
+        .iter()
+        .map(|(table, _, _)| format!("{schema}.{table}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     client.batch_execute(&format!("ANALYZE {tables}")).await?;
     tracing::debug!(generation = %name, "analyzed");
     Ok(())

@@ -146,13 +146,8 @@ pub async fn retry_dead_letter(pool: &Pool, topic: &str, id: i64) -> anyhow::Res
     let mut client = pool.get().await.context("cannot reach the database")?;
     let tx = client.transaction().await?;
     // Holding the active generation (FOR SHARE) keeps a switch from happening meanwhile.
-    let active: String = tx
-        .query_opt(
-            "SELECT name FROM projection.generations WHERE state = 'active' FOR SHARE",
-            &[],
-        )
+    let active = generation::active_held(&tx)
         .await?
-        .map(|row| row.get(0))
         .context("there is no active generation")?;
     let schema = generation::schema_of(&active);
     let Some(row) = tx

@@ -11,8 +11,9 @@ use deadpool_postgres::GenericClient;
 
 use crate::generation::schema_of;
 
-/// What is compared of each table: its columns, and which rows.
-const TABLES: &[(&str, &str, &str)] = &[
+/// Every read-model table of a generation, with what is compared of it: its columns, and
+/// which rows.
+pub(crate) const TABLES: &[(&str, &str, &str)] = &[
     (
         "users",
         "user_id, handle, display_name, bio, joined_at",
