@@ -178,58 +178,74 @@ impl Partition<'_> {
             return Ok(Outcome::Fenced { stored });
         }
 
-        let decoded: Vec<(&Record, Result<Envelope, String>)> = records
-            .into_iter()
-            .map(|record| {
-                let envelope = match record.payload.as_deref() {
-                    Some(payload) => Envelope::from_json(payload).map_err(|err| err.to_string()),
-                    None => Err("the message has no payload".to_owned()),
-                };
-                (record, envelope)
-            })
-            .collect();
-        let ids: Vec<Uuid> = decoded
-            .iter()
-            .filter_map(|(_, envelope)| envelope.as_ref().ok().map(|e| e.event_id))
-            .collect();
-        let mut unseen = first_sightings(&tx, &schema, &ids).await?;
+        // Undecodable events are parked, and so is every later event of a key that has a
+        // parked event: events of one aggregate never overtake each other.
+        let mut held = self.held_keys(&tx, &generation, &records).await?;
+        let mut candidates: Vec<(&Record, Envelope)> = Vec::with_capacity(records.len());
+        let mut dead = 0;
+        for record in records {
+            let key = key_of(record);
+            if let Some(key) = key.as_ref().filter(|key| held.contains(*key)) {
+                self.park(&tx, &generation, record, &held_error(key))
+                    .await?;
+                dead += 1;
+                continue;
+            }
+            let decoded = match record.payload.as_deref() {
+                Some(payload) => Envelope::from_json(payload).map_err(|err| err.to_string()),
+                None => Err("the message has no payload".to_owned()),
+            };
+            match decoded {
+                Ok(envelope) => candidates.push((record, envelope)),
+                Err(err) => {
+                    self.park(&tx, &generation, record, &err).await?;
+                    held.extend(key);
+                    dead += 1;
+                }
+            }
+        }
 
         let mut deltas = CounterDeltas::default();
-        let (mut applied, mut dead) = (0, 0);
-        for (record, envelope) in &decoded {
-            let envelope = match envelope {
-                Ok(envelope) => envelope,
-                Err(err) => {
-                    self.park(&tx, &generation, record, err).await?;
+        let mut applied = 0;
+        if careful {
+            for (record, envelope) in &candidates {
+                let key = key_of(record);
+                if let Some(key) = key.as_ref().filter(|key| held.contains(*key)) {
+                    self.park(&tx, &generation, record, &held_error(key))
+                        .await?;
                     dead += 1;
                     continue;
                 }
-            };
-            if !unseen.remove(&envelope.event_id) {
-                tracing::info!(event.id = %envelope.event_id, "skipping an event applied before");
-                continue;
-            }
-            if !careful {
-                apply(&tx, &schema, envelope, &mut deltas).await?;
-                applied += 1;
-                continue;
-            }
-            let mut own = CounterDeltas::default();
-            let savepoint = tx.savepoint("event").await?;
-            match apply(&savepoint, &schema, envelope, &mut own).await {
-                Ok(()) => {
-                    savepoint.commit().await?;
-                    deltas.merge(own);
-                    applied += 1;
-                }
-                Err(err) if is_transient(&err) => return Err(err.into()),
-                Err(err) => {
-                    savepoint.rollback().await?;
-                    self.park(&tx, &generation, record, &format!("could not apply: {err}"))
-                        .await?;
-                    dead += 1;
+                match apply_once(&mut tx, &schema, envelope, &mut deltas).await {
+                    Ok(Once::Applied) => applied += 1,
+                    Ok(Once::SeenBefore) => {
+                        tracing::info!(event.id = %envelope.event_id, "skipping an event applied before");
+                    }
+                    Err(err) if is_transient(&err) => return Err(err.into()),
+                    Err(err) => {
+                        let error = format!("could not apply: {err}");
+                        self.park(&tx, &generation, record, &error).await?;
+                        held.extend(key);
+                        dead += 1;
+                    }
                 }
             }
+        } else {
+            let ids: Vec<Uuid> = candidates.iter().map(|(_, e)| e.event_id).collect();
+            let mut unseen = first_sightings(&tx, &schema, &ids).await?;
+            let fresh: Vec<&Envelope> = candidates
+                .iter()
+                .map(|(_, envelope)| envelope)
+                .filter(|envelope| {
+                    let first = unseen.remove(&envelope.event_id);
+                    if !first {
+                        tracing::info!(event.id = %envelope.event_id, "skipping an event applied before");
+                    }
+                    first
+                })
+                .collect();
+            apply(&tx, &schema, &fresh, &mut deltas).await?;
+            applied = fresh.len();
         }
         deltas.write(&tx, &schema).await?;
         let note = notification_payload(&generation, self.topic, self.partition, next);
@@ -241,6 +257,34 @@ impl Partition<'_> {
             applied,
             dead,
         })
+    }
+
+    /// The keys among `records`' that have a dead letter awaiting a decision.
+    async fn held_keys(
+        &self,
+        tx: &Transaction<'_>,
+        generation: &str,
+        records: &[&Record],
+    ) -> Result<HashSet<String>, tokio_postgres::Error> {
+        let mut keys: Vec<String> = records.iter().filter_map(|r| key_of(r)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let statement = tx
+            .prepare_cached(
+                "SELECT DISTINCT key FROM projection.dead_letters
+                 WHERE generation = $1 AND topic = $2 AND partition = $3
+                   AND resolved_at IS NULL AND key = ANY($4)",
+            )
+            .await?;
+        Ok(tx
+            .query(
+                &statement,
+                &[&generation, &self.topic, &self.partition, &keys],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect())
     }
 
     async fn park(
@@ -256,7 +300,7 @@ impl Partition<'_> {
             error,
             "parking an event that cannot be projected"
         );
-        let key = record.key.as_deref().map(String::from_utf8_lossy);
+        let key = key_of(record);
         let statement = tx
             .prepare_cached(
                 "INSERT INTO projection.dead_letters
@@ -279,6 +323,60 @@ impl Partition<'_> {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// A record's key, as the dead-letter table keeps it.
+fn key_of(record: &Record) -> Option<String> {
+    record
+        .key
+        .as_deref()
+        .map(|key| String::from_utf8_lossy(key).into_owned())
+}
+
+fn held_error(key: &str) -> String {
+    format!("held: an earlier event of key {key} is a dead letter awaiting a decision")
+}
+
+/// What [`apply_once`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Once {
+    Applied,
+    /// The event id was applied before; nothing changed.
+    SeenBefore,
+}
+
+/// Applies one event unless its id was applied before, under a savepoint: if it fails, nothing
+/// of it (not even the record of its id) remains, and the transaction goes on.
+pub(crate) async fn apply_once(
+    tx: &mut Transaction<'_>,
+    schema: &str,
+    envelope: &Envelope,
+    deltas: &mut CounterDeltas,
+) -> Result<Once, tokio_postgres::Error> {
+    let savepoint = tx.savepoint("event").await?;
+    let mut own = CounterDeltas::default();
+    let outcome = async {
+        if first_sightings(&savepoint, schema, &[envelope.event_id])
+            .await?
+            .is_empty()
+        {
+            return Ok(Once::SeenBefore);
+        }
+        apply(&savepoint, schema, &[envelope], &mut own).await?;
+        Ok(Once::Applied)
+    }
+    .await;
+    match outcome {
+        Ok(once) => {
+            savepoint.commit().await?;
+            deltas.merge(own);
+            Ok(once)
+        }
+        Err(err) => {
+            savepoint.rollback().await?;
+            Err(err)
+        }
     }
 }
 

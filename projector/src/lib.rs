@@ -71,6 +71,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "generations",
         sql: include_str!("../migrations/0005_generations.sql"),
     },
+    Migration {
+        version: 6,
+        name: "held_dead_letters",
+        sql: include_str!("../migrations/0006_held_dead_letters.sql"),
+    },
 ];
 
 /// The projector's command line: what to do, and the configuration (from the environment).
@@ -141,18 +146,21 @@ pub enum GenerationCommand {
 /// `projector dead-letters ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum DeadLetterCommand {
-    /// List the dead letters awaiting a decision (with `--all`, every one).
+    /// List the dead letters awaiting a decision (with `--all`, every one). A dead letter holds
+    /// back the later events of its key: those are listed as `held`.
     List {
         /// Also list the resolved ones.
         #[arg(long)]
         all: bool,
     },
-    /// Decode a dead letter again, through the current upcasters, and apply it.
+    /// Decode a dead letter again, through the current upcasters, and apply it; then apply the
+    /// events of its key held behind it.
     Retry {
         /// The dead letter's id (as `list` shows it).
         id: i64,
     },
-    /// Give up on a dead letter: it stays recorded, marked skipped.
+    /// Give up on a dead letter (it stays recorded, marked skipped); then apply the events of its
+    /// key held behind it.
     Skip {
         /// The dead letter's id (as `list` shows it).
         id: i64,

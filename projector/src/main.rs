@@ -61,7 +61,9 @@ async fn main() -> anyhow::Result<()> {
                 DeadLetterCommand::Retry { id } => {
                     projector::retry_dead_letter(&pool, &config.kafka.topic, id).await
                 }
-                DeadLetterCommand::Skip { id } => projector::skip_dead_letter(&pool, id).await,
+                DeadLetterCommand::Skip { id } => {
+                    projector::skip_dead_letter(&pool, &config.kafka.topic, id).await
+                }
             }
         }
     }

@@ -6,15 +6,15 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chronicle_events::Envelope;
+use chronicle_events::{DecodeError, Envelope};
 use chronicle_infra::kafka::KafkaArgs;
 use chronicle_infra::progress::{CHANNEL, notification_payload};
 use deadpool_postgres::Pool;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::batch::first_sightings;
+use crate::batch::{Once, apply_once};
 use crate::generation;
-use crate::projection::{CounterDeltas, apply};
+use crate::projection::CounterDeltas;
 
 /// `projector status`: per partition, the stored offset, the broker's high watermark and the
 /// lag; then the dead letters awaiting a decision.
@@ -104,8 +104,14 @@ pub async fn list_dead_letters(pool: &Pool, all: bool) -> anyhow::Result<()> {
     let rows = client
         .query(
             "SELECT id, partition, \"offset\", coalesce(key, ''), recorded_at, error,
-                    coalesce(resolution, '')
-             FROM projection.dead_letters
+                    coalesce(resolution,
+                             CASE WHEN EXISTS (
+                                 SELECT 1 FROM projection.dead_letters e
+                                 WHERE e.generation = d.generation AND e.topic = d.topic
+                                   AND e.partition = d.partition AND e.key = d.key
+                                   AND e.\"offset\" < d.\"offset\" AND e.resolved_at IS NULL
+                             ) THEN 'held' ELSE 'open' END)
+             FROM projection.dead_letters d
              WHERE generation = $2 AND ($1 OR resolved_at IS NULL)
              ORDER BY id",
             &[&all, &active],
@@ -125,12 +131,7 @@ pub async fn list_dead_letters(pool: &Pool, all: bool) -> anyhow::Result<()> {
         let key: String = row.get(3);
         let at: chrono::DateTime<chrono::Utc> = row.get(4);
         let error: String = row.get(5);
-        let resolution: String = row.get(6);
-        let state = if resolution.is_empty() {
-            "open".to_owned()
-        } else {
-            resolution
-        };
+        let state: String = row.get(6);
         println!(
             "#{id} [{state}] partition {partition} offset {offset} key {key:?} at {}\n    {error}",
             at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -140,11 +141,42 @@ pub async fn list_dead_letters(pool: &Pool, all: bool) -> anyhow::Result<()> {
 }
 
 /// `projector dead-letters retry <id>`: decodes the event again, through the current upcasters,
-/// and applies it; the dead letter is marked retried. Fails, and changes nothing, if it still
-/// cannot be decoded or applied.
+/// and applies it; the dead letter is marked retried, and the events of its key held behind it
+/// are released. Fails, and changes nothing, if it still cannot be decoded or applied.
 pub async fn retry_dead_letter(pool: &Pool, topic: &str, id: i64) -> anyhow::Result<()> {
+    decide(pool, topic, id, Decision::Retry).await
+}
+
+/// `projector dead-letters skip <id>`: marks the dead letter as deliberately not applied, and
+/// releases the events of its key held behind it.
+pub async fn skip_dead_letter(pool: &Pool, topic: &str, id: i64) -> anyhow::Result<()> {
+    decide(pool, topic, id, Decision::Skip).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Retry,
+    Skip,
+}
+
+/// A dead letter as stored.
+struct DeadLetter {
+    id: i64,
+    payload: Option<Vec<u8>>,
+}
+
+impl DeadLetter {
+    fn decode(&self) -> Result<Envelope, DecodeError> {
+        Envelope::from_json(self.payload.as_deref().unwrap_or_default())
+    }
+}
+
+/// Resolves dead letter `id` as `decision` says, then applies, in log order, the events of its
+/// key that were held behind it, until one of them fails again: that one stays, as the first
+/// of its key, with its new error.
+async fn decide(pool: &Pool, topic: &str, id: i64, decision: Decision) -> anyhow::Result<()> {
     let mut client = pool.get().await.context("cannot reach the database")?;
-    let tx = client.transaction().await?;
+    let mut tx = client.transaction().await?;
     // Holding the active generation (FOR SHARE) keeps a switch from happening meanwhile.
     let active = generation::active_held(&tx)
         .await?
@@ -152,82 +184,137 @@ pub async fn retry_dead_letter(pool: &Pool, topic: &str, id: i64) -> anyhow::Res
     let schema = generation::schema_of(&active);
     let Some(row) = tx
         .query_opt(
-            "SELECT payload, resolved_at IS NOT NULL, partition
-             FROM projection.dead_letters WHERE id = $1 AND generation = $2 FOR UPDATE",
+            "SELECT partition, key, resolved_at IS NOT NULL
+             FROM projection.dead_letters WHERE id = $1 AND generation = $2",
             &[&id, &active],
         )
         .await?
     else {
-        bail!("there is no dead letter #{id}");
+        bail!("there is no dead letter #{id} in the active generation {active}");
     };
-    if row.get::<_, bool>(1) {
+    let (partition, key, resolved): (i32, Option<String>, bool) =
+        (row.get(0), row.get(1), row.get(2));
+    if resolved {
         bail!("dead letter #{id} is already resolved");
     }
-    let payload: Option<Vec<u8>> = row.get(0);
-    let partition: i32 = row.get(2);
-    let envelope = Envelope::from_json(payload.as_deref().unwrap_or_default())
-        .with_context(|| format!("dead letter #{id} still cannot be decoded"))?;
-    let fresh = first_sightings(&tx, &schema, &[envelope.event_id]).await?;
-    if fresh.contains(&envelope.event_id) {
-        let mut deltas = CounterDeltas::default();
-        apply(&tx, &schema, &envelope, &mut deltas)
-            .await
-            .with_context(|| format!("dead letter #{id} still cannot be applied"))?;
-        deltas.write(&tx, &schema).await?;
-    } else {
-        println!(
-            "event {} was applied before; nothing to apply",
-            envelope.event_id
+    // The partition's offset row is what every batch of the live projector updates first: with
+    // it locked, no batch can park another event of this key while we release them.
+    tx.execute(
+        "SELECT 1 FROM projection.offsets
+         WHERE generation = $1 AND topic = $2 AND partition = $3 FOR UPDATE",
+        &[&active, &topic, &partition],
+    )
+    .await?;
+    // The open dead letters of its key, in log order (a keyless one holds nothing back): this
+    // one must come first.
+    let queue: Vec<DeadLetter> = tx
+        .query(
+            "SELECT id, payload FROM projection.dead_letters
+             WHERE generation = $1 AND topic = $2 AND partition = $3 AND resolved_at IS NULL
+               AND (id = $5 OR key = $4)
+             ORDER BY \"offset\"",
+            &[&active, &topic, &partition, &key, &id],
+        )
+        .await?
+        .iter()
+        .map(|row| DeadLetter {
+            id: row.get(0),
+            payload: row.get(1),
+        })
+        .collect();
+    if let Some(first) = queue.first().filter(|first| first.id != id) {
+        bail!(
+            "dead letter #{id} is held behind dead letter #{} of the same key; retry or skip that one first",
+            first.id
         );
     }
-    resolve(&tx, id, "retried").await?;
+
+    let mut deltas = CounterDeltas::default();
+    let mut queue = queue.into_iter();
+    if let Some(head) = queue.next() {
+        match decision {
+            Decision::Skip => {
+                resolve(&tx, head.id, "skipped").await?;
+                println!("dead letter #{id} skipped");
+            }
+            Decision::Retry => {
+                let envelope = head
+                    .decode()
+                    .with_context(|| format!("dead letter #{id} still cannot be decoded"))?;
+                let once = apply_once(&mut tx, &schema, &envelope, &mut deltas)
+                    .await
+                    .with_context(|| format!("dead letter #{id} still cannot be applied"))?;
+                resolve(&tx, head.id, "retried").await?;
+                println!(
+                    "dead letter #{id} retried: {} {} {}",
+                    envelope.kind().name(),
+                    envelope.event_id,
+                    describe(&once)
+                );
+            }
+        }
+    }
+    for held in queue {
+        let applied = match held.decode() {
+            Ok(envelope) => apply_once(&mut tx, &schema, &envelope, &mut deltas)
+                .await
+                .map(|once| {
+                    format!(
+                        "{} {} {}",
+                        envelope.kind().name(),
+                        envelope.event_id,
+                        describe(&once)
+                    )
+                })
+                .map_err(|err| format!("could not apply: {err}")),
+            Err(err) => Err(err.to_string()),
+        };
+        match applied {
+            Ok(what) => {
+                resolve(&tx, held.id, "released").await?;
+                println!("dead letter #{} released: {what}", held.id);
+            }
+            Err(error) => {
+                tx.execute(
+                    "UPDATE projection.dead_letters SET error = $2 WHERE id = $1",
+                    &[&held.id, &error],
+                )
+                .await?;
+                println!(
+                    "dead letter #{} failed again and now holds back its key: {error}",
+                    held.id
+                );
+                break;
+            }
+        }
+    }
+    deltas.write(&tx, &schema).await?;
     // Readers waiting on this partition re-check; the stored offset itself did not move.
-    let offset: i64 = tx
-        .query_one(
+    let stored: i64 = tx
+        .query_opt(
             "SELECT next_offset FROM projection.offsets
              WHERE generation = $3 AND topic = $1 AND partition = $2",
             &[&topic, &partition, &active],
         )
-        .await
-        .map(|row| row.get(0))
-        .unwrap_or(0);
+        .await?
+        .map_or(0, |row| row.get(0));
     tx.execute(
         "SELECT pg_notify($1, $2)",
         &[
             &CHANNEL,
-            &notification_payload(&active, topic, partition, offset),
+            &notification_payload(&active, topic, partition, stored),
         ],
     )
     .await?;
     tx.commit().await?;
-    println!(
-        "dead letter #{id} retried: {} {} applied",
-        envelope.kind().name(),
-        envelope.event_id
-    );
     Ok(())
 }
 
-/// `projector dead-letters skip <id>`: marks the dead letter as deliberately not applied.
-pub async fn skip_dead_letter(pool: &Pool, id: i64) -> anyhow::Result<()> {
-    let mut client = pool.get().await.context("cannot reach the database")?;
-    let tx = client.transaction().await?;
-    let state: Option<bool> = tx
-        .query_opt(
-            "SELECT resolved_at IS NOT NULL FROM projection.dead_letters WHERE id = $1 FOR UPDATE",
-            &[&id],
-        )
-        .await?
-        .map(|row| row.get(0));
-    match state {
-        None => bail!("there is no dead letter #{id}"),
-        Some(true) => bail!("dead letter #{id} is already resolved"),
-        Some(false) => {}
+fn describe(once: &Once) -> &'static str {
+    match once {
+        Once::Applied => "applied",
+        Once::SeenBefore => "was applied before; nothing to apply",
     }
-    resolve(&tx, id, "skipped").await?;
-    tx.commit().await?;
-    println!("dead letter #{id} skipped");
-    Ok(())
 }
 
 async fn resolve(

@@ -492,9 +492,10 @@ fn append_to_benchmarks(events: usize, table: &str, summary: &str) -> Result<()>
         &[
             "-C",
             &root.display().to_string(),
-            "rev-parse",
-            "--short",
-            "HEAD",
+            "describe",
+            "--always",
+            "--dirty",
+            "--abbrev=7",
         ],
     );
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

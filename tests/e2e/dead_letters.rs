@@ -1,5 +1,5 @@
-//! Poison messages on the topic are recorded in `projection.dead_letters` and skipped: the
-//! projector keeps applying the events behind them.
+//! Poison messages on the topic are recorded in `projection.dead_letters`, together with every
+//! later event of the same key (they must not overtake it), while other keys keep flowing.
 
 use std::time::{Duration, Instant};
 
@@ -31,94 +31,253 @@ pub(crate) async fn partition_of(app: &TestApp, key: &str) -> i32 {
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
-/// Three messages the projector cannot decode, for `post`'s partition.
-fn poison(post: &TestPost) -> [(&'static str, Vec<u8>); 3] {
-    let envelope = |event_type: &str, data: serde_json::Value| {
-        json!({
-            "event_id": uuid::Uuid::now_v7(),
-            "type": event_type,
-            "schema_version": 1,
-            "occurred_at": "2026-11-26T09:30:00.123Z",
-            "actor": post.author,
-            "aggregate_id": post.id,
-            "data": data,
-        })
-        .to_string()
-        .into_bytes()
+/// An envelope as the wire carries it, for `aggregate`, written by `actor`.
+fn raw_envelope(
+    event_type: &str,
+    version: u32,
+    actor: &str,
+    aggregate: &str,
+    data: serde_json::Value,
+) -> Vec<u8> {
+    json!({
+        "event_id": uuid::Uuid::now_v7(),
+        "type": event_type,
+        "schema_version": version,
+        "occurred_at": "2026-11-26T09:30:00.123Z",
+        "actor": actor,
+        "aggregate_id": aggregate,
+        "data": data,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A message the projector cannot decode, of each kind, about `post`; each with the words its
+/// dead letter's error must contain.
+fn poison(post: &TestPost, kind: usize) -> (&'static str, Vec<u8>) {
+    let envelope = |event_type: &str, version: u32, data: serde_json::Value| {
+        raw_envelope(event_type, version, &post.author, &post.id, data)
     };
-    [
-        ("garbage bytes", b"\xff\xfe\x00 this is not JSON {".to_vec()),
-        (
-            "an unknown event type",
+    match kind {
+        0 => (
+            "not a valid event envelope",
+            b"\xff\xfe\x00 this is not JSON {".to_vec(),
+        ),
+        1 => (
+            "PostTeleported",
             envelope(
                 "PostTeleported",
+                1,
                 json!({"post_id": post.id, "destination": "mars"}),
             ),
         ),
-        // A like without its user.
-        (
-            "a payload missing fields",
-            envelope("PostLiked", json!({"post_id": post.id})),
+        2 => (
+            "schema version 99",
+            envelope(
+                "PostLiked",
+                99,
+                json!({"post_id": post.id, "user_id": post.author}),
+            ),
         ),
-    ]
+        // A like without its user.
+        _ => (
+            "user_id",
+            envelope("PostLiked", 1, json!({"post_id": post.id})),
+        ),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn undecodable_events_are_dead_lettered_and_skipped() {
-    // Arrange: a projected post, and three poison messages on its partition, keyed like it.
+async fn a_poison_event_holds_back_later_events_of_its_key_while_other_keys_flow() {
+    // Arrange: four projected posts, and on each post's partition, keyed like it, one message
+    // the projector cannot decode: garbage bytes, an unknown type, a future schema version,
+    // valid JSON missing a field.
     let app = TestApp::spawn().await;
     let author = app.register_user("author", "Author").await;
     let fan = app.register_user("fan", "Fan").await;
-    let post = app.publish_post(&author, "poison follows").await;
-    app.wait_for(&[
-        author.position.clone(),
-        fan.position.clone(),
-        post.position.clone(),
-    ])
-    .await;
-    let partition = partition_of(&app, &post.id).await;
-    for (_, payload) in poison(&post) {
-        app.produce_raw(&post.id, Some(partition), &payload).await;
+    let mut posts = Vec::new();
+    for n in 0..4 {
+        posts.push(
+            app.publish_post(&author, &format!("poison follows {n}"))
+                .await,
+        );
     }
-
-    // Act: an event behind the poison on the same partition.
-    let liked = app
-        .like(&fan.token, &post.id, std::slice::from_ref(&post.position))
+    let healthy = app.publish_post(&author, "nothing wrong here").await;
+    let mut settled = vec![author.position.clone(), fan.position.clone()];
+    settled.extend(posts.iter().map(|p| p.position.clone()));
+    settled.push(healthy.position.clone());
+    app.wait_for(&settled).await;
+    let mut partitions = Vec::new();
+    for (kind, post) in posts.iter().enumerate() {
+        let partition = partition_of(&app, &post.id).await;
+        partitions.push(partition);
+        app.produce_raw(&post.id, Some(partition), &poison(post, kind).1)
+            .await;
+    }
+    // Another key on the first poisoned partition, behind the poison.
+    let bystander = uuid::Uuid::now_v7().to_string();
+    let published = raw_envelope(
+        "PostPublished",
+        2,
+        &author.id,
+        &bystander,
+        json!({"post_id": bystander, "author_id": author.id, "body": "same partition, other key", "reply_to": null}),
+    );
+    app.produce_raw(&bystander, Some(partitions[0]), &published)
         .await;
-    liked.assert_status(202);
-    let after = vec![liked.str_field("position")];
+
+    // Act: the fan likes every poisoned post (each like lands behind its poison) and the
+    // healthy one.
+    let mut after = settled.clone();
+    for post in posts.iter().chain([&healthy]) {
+        let liked = app.like(&fan.token, &post.id, &settled).await;
+        liked.assert_status(202);
+        after.push(liked.str_field("position"));
+    }
     app.wait_for(&after).await;
 
-    // Assert: the like was applied, so the poison was skipped...
-    let read = app.get_post(&post.id, &after).await;
-    read.assert_status(200);
-    assert_eq!(read.u64_field("like_count"), 1);
+    // Assert: other keys flowed, on the poisoned partition too...
+    assert_eq!(
+        app.get_post(&healthy.id, &after)
+            .await
+            .u64_field("like_count"),
+        1
+    );
+    app.get_post(&bystander, &after).await.assert_status(200);
     assert_eq!(
         app.get_user(&fan.id, &after).await.u64_field("likes_given"),
         1
     );
+    // ...while every like of a poisoned post waits behind its poison.
+    for post in &posts {
+        assert_eq!(
+            app.get_post(&post.id, &after).await.u64_field("like_count"),
+            0
+        );
+    }
 
-    // ...and recorded, each once, with why.
+    // Each poison is recorded once, with why, and holds its like back.
     let db = app.db().await;
     let rows = db
         .query(
-            "SELECT partition::bigint, \"offset\"::bigint, error::text FROM projection.dead_letters \
-             ORDER BY \"offset\"",
+            "SELECT key, partition, error FROM projection.dead_letters ORDER BY \"offset\"",
             &[],
         )
         .await
         .expect("failed to read projection.dead_letters");
-    assert_eq!(rows.len(), 3, "dead letters: {rows:?}");
-    for row in &rows {
-        let (dead_partition, error): (i64, String) = (row.get(0), row.get(2));
-        assert_eq!(dead_partition, i64::from(partition));
-        assert!(!error.trim().is_empty(), "a dead letter without an error");
+    assert_eq!(rows.len(), 8, "dead letters: {rows:?}");
+    for ((kind, post), partition) in posts.iter().enumerate().zip(&partitions) {
+        let of_post: Vec<(i32, String)> = rows
+            .iter()
+            .filter(|row| row.get::<_, Option<String>>(0).as_deref() == Some(post.id.as_str()))
+            .map(|row| (row.get(1), row.get(2)))
+            .collect();
+        assert_eq!(of_post.len(), 2, "dead letters of post {kind}: {of_post:?}");
+        let (words, _) = poison(post, kind);
+        assert_eq!(of_post[0].0, *partition);
+        assert!(
+            of_post[0].1.contains(words),
+            "poison {kind}: {}",
+            of_post[0].1
+        );
+        assert!(
+            of_post[1].1.starts_with("held"),
+            "like {kind}: {}",
+            of_post[1].1
+        );
     }
-    let count: i64 = db
-        .query_one("SELECT count(*) FROM projection.dead_letters", &[])
+    let (ok, listed, stderr) = app.projector_cli(&["dead-letters", "list"]).await;
+    assert!(ok, "list failed: {stderr}");
+    assert_eq!(listed.matches("[open]").count(), 4, "{listed}");
+    assert_eq!(listed.matches("[held]").count(), 4, "{listed}");
+
+    // A held event cannot be decided before the one holding it.
+    let ids: Vec<String> = db
+        .query(
+            "SELECT id::text FROM projection.dead_letters WHERE key = $1 ORDER BY \"offset\"",
+            &[&posts[0].id],
+        )
         .await
-        .expect("failed to count dead letters")
-        .get(0);
-    assert_eq!(count, 3);
+        .expect("failed to read projection.dead_letters")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let (poisoned, held) = (&ids[0], &ids[1]);
+    let (ok, _, stderr) = app.projector_cli(&["dead-letters", "retry", held]).await;
+    assert!(!ok && stderr.contains("held behind"), "{stderr}");
+
+    // Skipping the poison releases the like behind it.
+    let (ok, out, stderr) = app.projector_cli(&["dead-letters", "skip", poisoned]).await;
+    assert!(ok, "skip failed: {stderr}");
+    assert!(out.contains(&format!("#{held} released")), "{out}");
+    assert_eq!(
+        app.get_post(&posts[0].id, &after)
+            .await
+            .u64_field("like_count"),
+        1
+    );
+    assert_eq!(
+        app.get_user(&fan.id, &after).await.u64_field("likes_given"),
+        2
+    );
+    let (_, listed, _) = app.projector_cli(&["dead-letters", "list"]).await;
+    assert_eq!(listed.matches("[open]").count(), 3, "{listed}");
+    app.assert_services_alive();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_that_cannot_be_applied_is_parked_and_the_rest_of_its_batch_applies() {
+    // Arrange: a registration that decodes but cannot be applied (its handle is taken by
+    // another user id) and, behind it, a profile update of the same user.
+    let app = TestApp::spawn().await;
+    let taken = app.register_user("taken", "Taken").await;
+    app.wait_for(std::slice::from_ref(&taken.position)).await;
+    let impostor = uuid::Uuid::now_v7().to_string();
+    let registered = raw_envelope(
+        "UserRegistered",
+        1,
+        &impostor,
+        &impostor,
+        json!({"user_id": impostor, "handle": "taken", "display_name": "Impostor", "bio": ""}),
+    );
+    let updated = raw_envelope(
+        "ProfileUpdated",
+        1,
+        &impostor,
+        &impostor,
+        json!({"user_id": impostor, "bio": "held back"}),
+    );
+    let partition = partition_of(&app, &taken.id).await;
+    app.produce_raw(&impostor, Some(partition), &registered)
+        .await;
+    app.produce_raw(&impostor, Some(partition), &updated).await;
+
+    // Act: an event of another key behind them on their partition.
+    let later = app
+        .update_profile(&taken.token, json!({ "bio": "still flowing" }))
+        .await;
+    later.assert_status(202);
+    let after = vec![later.str_field("position")];
+    app.wait_for(&after).await;
+
+    // Assert: the later event applied; the impostor's two events are parked, in order.
+    assert_eq!(
+        app.get_user(&taken.id, &after).await.str_field("bio"),
+        "still flowing"
+    );
+    app.get_user(&impostor, &after).await.assert_status(404);
+    let rows = app
+        .db()
+        .await
+        .query(
+            "SELECT error FROM projection.dead_letters WHERE key = $1 ORDER BY \"offset\"",
+            &[&impostor],
+        )
+        .await
+        .expect("failed to read projection.dead_letters");
+    let errors: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].starts_with("could not apply"), "{errors:?}");
+    assert!(errors[1].starts_with("held"), "{errors:?}");
     app.assert_services_alive();
 }

@@ -8,14 +8,16 @@ use crate::harness::TestApp;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_letters_are_listed_retried_and_skipped_and_status_shows_the_lag() {
-    // Arrange: a post and a fan, and two dead letters on the post's partition: garbage, which no
-    // build can decode, and a like the projector once failed to apply (recorded by hand, as an
-    // older build would have), which decodes and applies today.
+    // Arrange: two posts and a fan, and two dead letters: garbage keyed like the first post,
+    // which no build can decode, and a like of the second post that the projector once failed
+    // to apply (recorded by hand, as an older build would have), which applies today.
     let app = TestApp::spawn().await;
     let author = app.register_user("author", "Author").await;
     let fan = app.register_user("fan", "Fan").await;
-    let post = app.publish_post(&author, "retry me").await;
+    let post = app.publish_post(&author, "garbage follows").await;
+    let liked = app.publish_post(&author, "retry me").await;
     let partition = partition_of(&app, &post.id).await;
+    let liked_partition = partition_of(&app, &liked.id).await;
     app.produce_raw(&post.id, Some(partition), b"\xffnot an event")
         .await;
     let later = app
@@ -26,13 +28,14 @@ async fn dead_letters_are_listed_retried_and_skipped_and_status_shows_the_lag() 
         author.position.clone(),
         fan.position.clone(),
         post.position.clone(),
+        liked.position.clone(),
         later.str_field("position"),
     ];
     app.wait_for(&settled).await;
     let like = json!({
         "event_id": uuid::Uuid::now_v7(), "type": "PostLiked", "schema_version": 1,
-        "occurred_at": "2026-11-26T09:30:00.123Z", "actor": fan.id, "aggregate_id": post.id,
-        "data": {"post_id": post.id, "user_id": fan.id},
+        "occurred_at": "2026-11-26T09:30:00.123Z", "actor": fan.id, "aggregate_id": liked.id,
+        "data": {"post_id": liked.id, "user_id": fan.id},
     });
     app.db()
         .await
@@ -43,8 +46,8 @@ async fn dead_letters_are_listed_retried_and_skipped_and_status_shows_the_lag() 
              FROM projection.generations WHERE state = 'active'",
             &[
                 &app.topic,
-                &partition,
-                &post.id,
+                &liked_partition,
+                &liked.id,
                 &like.to_string().into_bytes(),
             ],
         )
@@ -68,7 +71,7 @@ async fn dead_letters_are_listed_retried_and_skipped_and_status_shows_the_lag() 
     let (ok, out, stderr) = app.projector_cli(&["dead-letters", "retry", "2"]).await;
     assert!(ok, "retry failed: {stderr}");
     assert!(out.contains("retried"), "{out}");
-    let read = app.get_post(&post.id, &settled).await;
+    let read = app.get_post(&liked.id, &settled).await;
     assert_eq!(read.u64_field("like_count"), 1);
     assert_eq!(
         app.get_user(&fan.id, &settled)
