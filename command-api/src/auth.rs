@@ -121,7 +121,13 @@ impl FromRequestParts<AppState> for Actor {
             .ok_or_else(|| {
                 Problem::unauthorized("the Authorization header must be `Bearer <token>`")
             })?;
-        state.tokens.verify(token).map(Actor)
+        let user = state.tokens.verify(token)?;
+        if let Some(limiter) = &state.per_user {
+            limiter.check(&user).inspect_err(|_| {
+                metrics::counter!("http_rate_limited_total", "by" => "user").increment(1);
+            })?;
+        }
+        Ok(Actor(user))
     }
 }
 

@@ -22,9 +22,11 @@ use axum::routing::{delete, patch, post, put};
 use chronicle_infra::db::{DatabaseArgs, Migration, migrate};
 use chronicle_infra::http::{Server, install_metrics, with_common_layers};
 use chronicle_infra::kafka::{EventProducer, KafkaArgs};
+use chronicle_infra::limit::{LimitArgs, RateLimiter, limit_requests};
 use chronicle_infra::progress::Progress;
 use chronicle_infra::telemetry::LogFormat;
 use deadpool_postgres::Pool;
+use uuid::Uuid;
 
 pub use auth::Secret;
 pub use openapi::document as openapi_document;
@@ -96,6 +98,17 @@ pub struct Config {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub database: DatabaseArgs,
+    /// `CHRONICLE_RATE_LIMIT_PER_USER`: commands per second one user may send on average, with
+    /// bursts as `CHRONICLE_RATE_LIMIT_BURST_SECS` says (default 20; 0 turns the limit off).
+    #[arg(
+        long = "rate-limit-per-user",
+        env = "CHRONICLE_RATE_LIMIT_PER_USER",
+        default_value_t = 20
+    )]
+    pub rate_limit_per_user: u32,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub limits: LimitArgs,
 }
 
 /// What every handler shares.
@@ -107,6 +120,8 @@ pub(crate) struct Shared {
     pool: Pool,
     progress: Progress,
     tokens: auth::Tokens,
+    /// Commands per user (`None`: unlimited).
+    per_user: Option<RateLimiter<Uuid>>,
     consistency_wait: Duration,
 }
 
@@ -128,6 +143,13 @@ pub struct Application {
 impl Application {
     /// Migrates the `command` schema, makes sure the topic exists and binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let waits = config.produce_timeout_ms + config.consistency_wait_ms;
+        anyhow::ensure!(
+            config.limits.request_timeout_ms > waits,
+            "CHRONICLE_REQUEST_TIMEOUT_MS ({}) must exceed CHRONICLE_PRODUCE_TIMEOUT_MS plus \
+             CHRONICLE_CONSISTENCY_WAIT_MS ({waits}), so that a slow broker is answered as such",
+            config.limits.request_timeout_ms
+        );
         let metrics = install_metrics()?;
         let pool = config.database.pool()?;
         migrate(&pool, SCHEMA, MIGRATIONS, Duration::from_secs(30)).await?;
@@ -146,12 +168,14 @@ impl Application {
                 &config.jwt_secret,
                 Duration::from_secs(config.token_ttl_secs),
             ),
+            per_user: config.limits.limiter(config.rate_limit_per_user),
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
         }));
         let server = Server::bind("command-api", config.addr).await?;
+        let router = limit_requests(router(state), &config.limits);
         Ok(Application {
             server,
-            router: with_common_layers(router(state), metrics, Some(openapi::document())),
+            router: with_common_layers(router, metrics, Some(openapi::document())),
             producer,
         })
     }

@@ -151,10 +151,14 @@ impl Server {
     ) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         tracing::info!(service = self.name, "listening on http://{addr}");
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("the HTTP server failed")
+        // Connect info gives the rate limit per client address its key.
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the HTTP server failed")
     }
 }
 

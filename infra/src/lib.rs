@@ -9,6 +9,7 @@
 pub mod db;
 pub mod http;
 pub mod kafka;
+pub mod limit;
 pub mod position;
 pub mod problem;
 pub mod progress;

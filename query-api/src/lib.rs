@@ -20,6 +20,7 @@ use axum::Router;
 use axum::routing::get;
 use chronicle_infra::db::DatabaseArgs;
 use chronicle_infra::http::{Server, install_metrics, with_common_layers};
+use chronicle_infra::limit::{LimitArgs, limit_requests};
 use chronicle_infra::progress::Progress;
 use chronicle_infra::telemetry::LogFormat;
 use deadpool_postgres::Pool;
@@ -64,6 +65,9 @@ pub struct Config {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub limits: LimitArgs,
 }
 
 #[derive(Clone)]
@@ -92,6 +96,13 @@ pub struct Application {
 impl Application {
     /// Connects (lazily) to the read models and binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        anyhow::ensure!(
+            config.limits.request_timeout_ms > config.consistency_wait_ms,
+            "CHRONICLE_REQUEST_TIMEOUT_MS ({}) must exceed CHRONICLE_CONSISTENCY_WAIT_MS ({}), \
+             so that a read that waits for the projector is answered 503 stale_read",
+            config.limits.request_timeout_ms,
+            config.consistency_wait_ms
+        );
         let metrics = install_metrics()?;
         let pool = config.database.read_only_pool()?;
         let progress = Progress::follow(config.database.pg_config()?, config.topic.clone());
@@ -101,9 +112,10 @@ impl Application {
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
         }));
         let server = Server::bind("query-api", config.addr).await?;
+        let router = limit_requests(router(state), &config.limits);
         Ok(Application {
             server,
-            router: with_common_layers(router(state), metrics, Some(openapi::document())),
+            router: with_common_layers(router, metrics, Some(openapi::document())),
         })
     }
 

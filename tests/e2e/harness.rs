@@ -492,6 +492,8 @@ pub(crate) struct TestAppBuilder {
     partitions: u32,
     consistency_wait_ms: u64,
     projectors: usize,
+    /// Service settings on top of the harness's own.
+    env: Vec<(String, String)>,
 }
 
 impl TestAppBuilder {
@@ -510,6 +512,12 @@ impl TestAppBuilder {
     /// How many projector processes start in the consumer group.
     pub(crate) fn projectors(mut self, count: usize) -> Self {
         self.projectors = count;
+        self
+    }
+
+    /// Sets environment variable `name` of every service.
+    pub(crate) fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -556,6 +564,7 @@ impl TestApp {
             partitions: DEFAULT_PARTITIONS,
             consistency_wait_ms: 2000,
             projectors: 1,
+            env: Vec::new(),
         }
     }
 
@@ -620,11 +629,16 @@ impl TestApp {
             // librdkafka then bumps the idempotent producer's epoch, which tansu 0.6 does not
             // survive (its storage task panics and the broker stops serving).
             ("CHRONICLE_PRODUCE_TIMEOUT_MS", "30000".to_owned()),
+            ("CHRONICLE_REQUEST_TIMEOUT_MS", "60000".to_owned()),
+            // Tests drive load from one address and a few users; the limits have their own test.
+            ("CHRONICLE_RATE_LIMIT_PER_ADDRESS", "0".to_owned()),
+            ("CHRONICLE_RATE_LIMIT_PER_USER", "0".to_owned()),
             ("RUST_LOG", "info".to_owned()),
             ("NO_COLOR", "1".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(builder.env.iter().cloned())
         .collect();
 
         let launcher = Launcher {

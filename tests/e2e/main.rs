@@ -24,6 +24,7 @@ mod crash;
 mod dead_letters;
 mod duplicates;
 mod history;
+mod limits;
 mod operate;
 mod pagination;
 mod projector_group;
