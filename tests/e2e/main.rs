@@ -23,6 +23,7 @@ mod consistency;
 mod crash;
 mod dead_letters;
 mod duplicates;
+mod faults;
 mod history;
 mod limits;
 mod operate;
