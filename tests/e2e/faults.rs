@@ -1,14 +1,18 @@
 //! Fault injection with real processes: the projector SIGKILLed again and again while a large
-//! log flows in, checked against a clean replay of the same log.
+//! log flows in, checked against a clean replay of the same log; the command API SIGKILLed
+//! with requests in flight, checked command by command.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chronicle_tests::workload;
+use futures_util::future::join_all;
+use reqwest::Method;
 use serde_json::json;
 
-use crate::harness::{Rng, TestApp};
+use crate::harness::{Rng, TestApp, TestUser};
 
 const EVENTS: usize = 100_000;
 const KILLS: usize = 20;
@@ -135,5 +139,123 @@ async fn projector_killed_20_times_while_100k_events_flow_equals_a_clean_replay(
         "{} events in the log, projector killed {KILLS} times\n{out}",
         produced.events
     );
+    app.assert_services_alive();
+}
+
+/// Publishes `key` as a post's body with `Idempotency-Key: key`; the post id and position if
+/// answered 202, `None` if the command API could not be reached or answered 503.
+async fn publish_once(app: &TestApp, writer: &TestUser, key: &str) -> Option<(String, String)> {
+    let request = app
+        .command(Method::POST, "/v1/posts")
+        .bearer_auth(&writer.token)
+        .header("Idempotency-Key", key)
+        .json(&json!({ "body": key }));
+    let response = request.send().await.ok()?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.ok()?;
+    match status.as_u16() {
+        202 => Some((
+            body["post_id"].as_str()?.to_owned(),
+            body["position"].as_str()?.to_owned(),
+        )),
+        503 => None,
+        other => panic!("publishing {key}: unexpected {other} {body}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn command_api_killed_with_requests_in_flight_loses_and_doubles_no_command() {
+    // Arrange: writers who publish as fast as they can, each post with its own key.
+    let app = Arc::new(TestApp::spawn().await);
+    let mut rng = Rng::from_entropy();
+    let writers: Vec<TestUser> = join_all((0..8).map(|i| {
+        let app = app.clone();
+        async move { app.register_user(&format!("writer_{i}"), "Writer").await }
+    }))
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = writers
+        .iter()
+        .map(|writer| {
+            let (app, writer, stop) = (app.clone(), writer.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut outcomes, mut interrupted) = (Vec::new(), 0);
+                while !stop.load(Ordering::SeqCst) {
+                    // Like a real client: what got no answer is retried with the same key.
+                    let key = format!("{}-{}", writer.handle, outcomes.len());
+                    let mut answer = publish_once(&app, &writer, &key).await;
+                    if answer.is_none() {
+                        interrupted += 1;
+                    }
+                    while answer.is_none() && !stop.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        answer = publish_once(&app, &writer, &key).await;
+                    }
+                    outcomes.push((key, answer));
+                }
+                (writer, outcomes, interrupted)
+            })
+        })
+        .collect();
+
+    // Act: SIGKILL the command API under that load, start it again, let the load go on.
+    // These sleeps time the fault; nothing waits on them for a read.
+    tokio::time::sleep(rng.millis_between(300, 800)).await;
+    app.kill_command_api();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.start_command_api().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(
+            task.await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+        );
+    }
+    // What is still unanswered is retried once the load has stopped.
+    let mut interrupted = 0;
+    for (writer, outcomes, count) in &mut results {
+        interrupted += *count;
+        for (key, answer) in outcomes.iter_mut().filter(|(_, a)| a.is_none()) {
+            for _ in 0..20 {
+                *answer = publish_once(&app, writer, key).await;
+                if answer.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            assert!(answer.is_some(), "{key} was never answered");
+        }
+    }
+
+    // Assert: the kill hit requests in flight...
+    assert!(interrupted > 0, "the kill interrupted no request");
+    let positions: Vec<String> = results
+        .iter()
+        .flat_map(|(_, outcomes, _)| outcomes.iter())
+        .filter_map(|(_, answer)| answer.as_ref().map(|(_, position)| position.clone()))
+        .collect();
+    app.wait_for(&positions).await;
+    // ...every command is in the read models, each once (reads after the wait see it all).
+    let mut commands = 0;
+    for (writer, outcomes, _) in &results {
+        commands += outcomes.len();
+        let profile = app.get_user(&writer.id, &[]).await;
+        assert_eq!(
+            profile.u64_field("post_count"),
+            outcomes.len() as u64,
+            "{}: {} commands",
+            writer.handle,
+            outcomes.len()
+        );
+        for (key, answer) in outcomes {
+            let (post_id, _) = answer.as_ref().expect("answered");
+            let post = app.get_post(post_id, &[]).await;
+            post.assert_status(200);
+            assert_eq!(post.str_field("body"), *key);
+        }
+    }
+    println!("{commands} commands, {interrupted} interrupted by the kill and retried");
     app.assert_services_alive();
 }

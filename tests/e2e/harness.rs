@@ -354,6 +354,11 @@ impl Launcher {
 
     /// Starts `binary` and returns once it printed `listening on http://…` (blocking).
     fn start(&self, binary: &str) -> ServiceProcess {
+        self.start_with(binary, &[])
+    }
+
+    /// [`Launcher::start`] with `extra` environment variables on top of the test's.
+    fn start_with(&self, binary: &str, extra: &[(&str, &str)]) -> ServiceProcess {
         let path = self.harness.binary(binary);
         let index = {
             let mut counters = self.counters.lock().expect("launcher counters lock");
@@ -370,6 +375,7 @@ impl Launcher {
 
         let mut command = self.command(&path);
         command
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -722,6 +728,25 @@ impl TestApp {
         for mut projector in projectors.drain(..) {
             projector.kill();
         }
+    }
+
+    /// Kills (SIGKILL) the command API.
+    pub(crate) fn kill_command_api(&self) {
+        if let Some(mut process) = self.command_api.lock().expect("command-api lock").take() {
+            process.kill();
+        }
+    }
+
+    /// Starts the command API again, on the address it had (after [`TestApp::kill_command_api`]).
+    pub(crate) async fn start_command_api(&self) {
+        let launcher = self.launcher.clone();
+        let address = self.command_url.trim_start_matches("http://").to_owned();
+        let process = tokio::task::spawn_blocking(move || {
+            launcher.start_with("command-api", &[("CHRONICLE_COMMAND_ADDR", &address)])
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        *self.command_api.lock().expect("command-api lock") = Some(process);
     }
 
     /// Kills every projector and starts a fresh one.
