@@ -1,6 +1,7 @@
 //! Fault injection with real processes: the projector SIGKILLed again and again while a large
 //! log flows in, checked against a clean replay of the same log; the command API SIGKILLed
-//! with requests in flight, checked command by command.
+//! with requests in flight, checked command by command; PostgreSQL stopped and started under
+//! reads and writes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::harness::{Rng, TestApp, TestUser};
+use crate::harness::{Rng, TestApp, TestUser, scratch_dir};
+use crate::postgres::PrivatePostgres;
 
 const EVENTS: usize = 100_000;
 const KILLS: usize = 20;
@@ -257,5 +259,118 @@ async fn command_api_killed_with_requests_in_flight_loses_and_doubles_no_command
         }
     }
     println!("{commands} commands, {interrupted} interrupted by the kill and retried");
+    app.assert_services_alive();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_restart_is_503_database_unavailable_then_everything_recovers() {
+    // Arrange: Chronicle on a private PostgreSQL server, a user with a post.
+    let name = format!("pg-{}", uuid::Uuid::now_v7().simple());
+    let pg = Arc::new(
+        tokio::task::spawn_blocking(move || PrivatePostgres::start(&scratch_dir(), &name))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+    );
+    let app = Arc::new(
+        TestApp::builder()
+            .database_server(&pg.admin_url())
+            .spawn()
+            .await,
+    );
+    let writer = app.register_user("writer", "Writer").await;
+    let first = app.publish_post(&writer, "before the outage").await;
+    app.wait_for(&[writer.position.clone(), first.position.clone()])
+        .await;
+
+    // Act: a reader and a writer go on while the database stops for a while and comes back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn({
+        let (app, stop, id) = (app.clone(), stop.clone(), writer.id.clone());
+        async move {
+            let mut answers: Vec<(u16, Option<String>)> = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let resp = app.get_user(&id, &[]).await;
+                answers.push((resp.status.as_u16(), resp.code().map(str::to_owned)));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answers
+        }
+    });
+    let publisher = tokio::spawn({
+        let (app, stop, writer) = (app.clone(), stop.clone(), writer.clone());
+        async move {
+            let mut acknowledged = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let resp = app.publish(&writer.token, &format!("post {n}")).await;
+                match resp.status.as_u16() {
+                    202 => acknowledged.push(resp.str_field("position")),
+                    503 => {}
+                    other => panic!("publishing: unexpected {other}: {resp}"),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acknowledged
+        }
+    });
+    // These sleeps time the fault; nothing waits on them for a read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outage = Instant::now();
+    let server = pg.clone();
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let server = pg.clone();
+    tokio::task::spawn_blocking(move || server.start_again())
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let outage = outage.elapsed();
+    // Recovery by itself: reads answer again, without any restart of ours.
+    let recovered = Instant::now();
+    while app.get_user(&writer.id, &[]).await.status != 200 {
+        assert!(
+            recovered.elapsed() < Duration::from_secs(30),
+            "query-api did not recover within 30 s of the database's return"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovery = recovered.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let answers = reader
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let acknowledged = publisher
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+
+    // Assert: during the outage reads were 503 database_unavailable, never anything else...
+    let unavailable = answers
+        .iter()
+        .filter(|(status, code)| *status == 503 && code.as_deref() == Some("database_unavailable"))
+        .count();
+    assert!(unavailable > 0, "no read saw the outage: {answers:?}");
+    assert!(
+        answers.iter().all(|(status, code)| *status == 200
+            || (*status == 503 && code.as_deref() == Some("database_unavailable"))),
+        "{answers:?}"
+    );
+    // ...and the projector resumed from its stored offsets: every acknowledged post counts once.
+    app.wait_for_within(&acknowledged, Duration::from_secs(60))
+        .await;
+    let profile = app.get_user(&writer.id, &[]).await;
+    assert_eq!(
+        profile.u64_field("post_count"),
+        acknowledged.len() as u64 + 1,
+        "{profile}"
+    );
+    println!(
+        "outage {outage:?}, reads answered again {recovery:?} after; {} reads ({unavailable} 503), \
+         {} posts acknowledged",
+        answers.len(),
+        acknowledged.len()
+    );
     app.assert_services_alive();
 }

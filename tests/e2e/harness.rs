@@ -492,6 +492,13 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
+/// A directory for what a test keeps outside its database (`<target dir>/e2e-scratch`).
+pub(crate) fn scratch_dir() -> PathBuf {
+    HarnessEnv::from_env()
+        .log_root
+        .with_file_name("e2e-scratch")
+}
+
 /// How to build a [`TestApp`].
 #[derive(Debug, Clone)]
 pub(crate) struct TestAppBuilder {
@@ -500,6 +507,8 @@ pub(crate) struct TestAppBuilder {
     projectors: usize,
     /// Service settings on top of the harness's own.
     env: Vec<(String, String)>,
+    /// The Postgres server to create the test database on, instead of the harness's.
+    admin_database_url: Option<String>,
 }
 
 impl TestAppBuilder {
@@ -518,6 +527,12 @@ impl TestAppBuilder {
     /// How many projector processes start in the consumer group.
     pub(crate) fn projectors(mut self, count: usize) -> Self {
         self.projectors = count;
+        self
+    }
+
+    /// Creates the test database on the server at `admin_url` (a URL of any database there).
+    pub(crate) fn database_server(mut self, admin_url: &str) -> Self {
+        self.admin_database_url = Some(admin_url.to_owned());
         self
     }
 
@@ -571,6 +586,7 @@ impl TestApp {
             consistency_wait_ms: 2000,
             projectors: 1,
             env: Vec::new(),
+            admin_database_url: None,
         }
     }
 
@@ -580,7 +596,10 @@ impl TestApp {
     }
 
     async fn start(builder: TestAppBuilder) -> TestApp {
-        let env = HarnessEnv::from_env();
+        let mut env = HarnessEnv::from_env();
+        if let Some(url) = &builder.admin_database_url {
+            env.admin_database_url.clone_from(url);
+        }
         // Fail early, with a clear message, when a binary is missing.
         for binary in ["projector", "command-api", "query-api"] {
             env.binary(binary);

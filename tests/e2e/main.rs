@@ -17,6 +17,7 @@
 mod harness;
 mod load;
 mod model;
+mod postgres;
 
 mod auth;
 mod consistency;
