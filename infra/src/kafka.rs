@@ -44,6 +44,15 @@ pub struct KafkaArgs {
     #[arg(long = "replication-factor", env = "CHRONICLE_REPLICATION_FACTOR", default_value_t = 1,
           value_parser = clap::value_parser!(i32).range(1..=100))]
     pub replication_factor: i32,
+    /// `CHRONICLE_KAFKA_IDEMPOTENCE`: `true` (default) makes the producer idempotent, so that
+    /// its retries never write an event twice or out of order. Turn it off only for a broker that
+    /// mishandles idempotent producers (tansu 0.6 cannot restart under one): Chronicle stays
+    /// exactly-once without it (the projector drops an event id it has seen), and each command
+    /// is answered only after its event is acknowledged, so commands of one client keep their
+    /// order.
+    #[arg(long = "kafka-idempotence", env = "CHRONICLE_KAFKA_IDEMPOTENCE", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub idempotence: bool,
 }
 
 impl KafkaArgs {
@@ -160,7 +169,7 @@ impl EventProducer {
         let producer: FutureProducer = kafka
             .client_config()
             .set("acks", "all")
-            .set("enable.idempotence", "true")
+            .set("enable.idempotence", kafka.idempotence.to_string())
             .set("linger.ms", "2")
             .set("message.timeout.ms", &timeout_ms)
             .set("request.timeout.ms", &timeout_ms)
@@ -258,6 +267,7 @@ mod tests {
             topic: "unit.events".into(),
             partitions: 3,
             replication_factor: 1,
+            idempotence: true,
         }
     }
 

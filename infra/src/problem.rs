@@ -3,12 +3,19 @@
 //! A [`Problem`] carries an HTTP status, a stable snake_case `code` from the contract's table and a
 //! human `detail`. Internal failures become a 500 whose body says nothing about the cause; the
 //! cause is logged once, here, where the response is made.
+//!
+//! [`document_shared_problems`] adds to an OpenAPI document the problems that every route can
+//! answer because of the layers all routes share (rate limits, the request timeout, the body
+//! limit, panics), so that each handler's annotation lists only what its own code answers.
 
 use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::openapi::header::Header;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Type};
 
 /// An error answer, rendered as `application/problem+json`.
 #[derive(Debug, Clone)]
@@ -30,6 +37,7 @@ pub struct ProblemBody<'a> {
     /// A short summary of the kind of problem.
     title: &'static str,
     /// The HTTP status code.
+    #[schema(minimum = 400, maximum = 599)]
     status: u16,
     /// What went wrong in this occurrence.
     detail: &'a str,
@@ -177,6 +185,19 @@ impl IntoResponse for Problem {
     }
 }
 
+impl From<axum::extract::rejection::PathRejection> for Problem {
+    /// A path parameter that cannot be read (not UTF-8 once percent-decoded, or not of the
+    /// expected type) is a 400 `validation_failed`, as a problem document: axum's own rejection
+    /// is plain text.
+    fn from(rejection: axum::extract::rejection::PathRejection) -> Problem {
+        if rejection.status().is_server_error() {
+            Problem::internal(&rejection.body_text())
+        } else {
+            Problem::bad_parameter(rejection.body_text())
+        }
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for Problem {
     fn from(err: deadpool_postgres::PoolError) -> Problem {
         tracing::warn!(error = %err, "no database connection");
@@ -192,9 +213,120 @@ impl From<tokio_postgres::Error> for Problem {
             tracing::warn!(error = %err, "database connection failed");
             Problem::database_unavailable()
         } else {
-            Problem::internal(&err)
+            // `Display` of a tokio-postgres error is only "db error"; log what the server said.
+            match err.as_db_error() {
+                Some(db) => Problem::internal(&format_args!("{err}: {db}")),
+                None => Problem::internal(&err),
+            }
         }
     }
+}
+
+/// The media type of every problem.
+const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Documents, on every operation of `openapi`, the problems that come from the layers every
+/// route shares rather than from its handler:
+///
+/// - 401 `unauthorized` where the operation needs a token, 415 `invalid_body` where it takes a
+///   request body (the body must be JSON);
+/// - 408 `invalid_body`, a body that did not arrive within `CHRONICLE_REQUEST_TIMEOUT_MS`, and
+///   413 `payload_too_large`, a body over 64 KiB (every request's body is read, whatever the
+///   method);
+/// - 429 `rate_limited` and 503 (`database_unavailable` when a request is still being handled
+///   after `CHRONICLE_REQUEST_TIMEOUT_MS`), both with a `Retry-After` header;
+/// - 500 `internal`.
+///
+/// A status an operation already documents keeps its description; its 429 and 503 gain the
+/// `Retry-After` header.
+pub fn document_shared_problems(openapi: &mut utoipa::openapi::OpenApi) {
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            document_operation(operation);
+        }
+    }
+}
+
+fn document_operation(operation: &mut Operation) {
+    let needs_token = operation
+        .security
+        .as_ref()
+        .is_some_and(|requirements| !requirements.is_empty());
+    let takes_body = operation.request_body.is_some();
+    let mut shared = Vec::new();
+    if needs_token {
+        shared.push(("401", "Missing or invalid bearer token (`unauthorized`)"));
+    }
+    shared.push((
+        "408",
+        "The request body did not arrive within `CHRONICLE_REQUEST_TIMEOUT_MS` (`invalid_body`)",
+    ));
+    shared.push((
+        "413",
+        "The request body is over 64 KiB (`payload_too_large`)",
+    ));
+    if takes_body {
+        shared.push((
+            "415",
+            "The request body is not JSON (`Content-Type` must be `application/json`) \
+             (`invalid_body`)",
+        ));
+    }
+    shared.push((
+        "429",
+        "Too many requests from this client address, or by this user (`rate_limited`); retry \
+         after `Retry-After` seconds",
+    ));
+    shared.push(("500", "An internal error; it has been logged (`internal`)"));
+    shared.push((
+        "503",
+        "The database is unavailable, or the request took longer than \
+         `CHRONICLE_REQUEST_TIMEOUT_MS` (`database_unavailable`); retry after `Retry-After` \
+         seconds",
+    ));
+    let responses = &mut operation.responses.responses;
+    for (status, description) in shared {
+        responses
+            .entry(status.to_owned())
+            .or_insert_with(|| RefOr::T(problem_response(description)));
+    }
+    for status in ["429", "503"] {
+        if let Some(RefOr::T(response)) = responses.get_mut(status) {
+            response
+                .headers
+                .entry("Retry-After".to_owned())
+                .or_insert_with(|| RefOr::T(retry_after()));
+        }
+    }
+}
+
+fn problem_response(description: &str) -> utoipa::openapi::Response {
+    let mut response = utoipa::openapi::Response::new(description);
+    response.content.insert(
+        PROBLEM_JSON.to_owned(),
+        RefOr::T(Content::new(Some(Ref::from_schema_name("Problem")))),
+    );
+    response
+}
+
+fn retry_after() -> Header {
+    let mut header = Header::new(
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1)),
+    );
+    header.description = Some("Whole seconds to wait before retrying".to_owned());
+    header
 }
 
 #[cfg(test)]
@@ -210,5 +342,47 @@ mod tests {
             "application/problem+json"
         );
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[utoipa::path(post, path = "/things", request_body = String, security(("bearer" = [])),
+        responses((status = 202, description = "Accepted"),
+            (status = 503, description = "Mine", body = ProblemBody, content_type = "application/problem+json")))]
+    #[allow(dead_code)]
+    fn post_thing() {}
+
+    #[utoipa::path(get, path = "/things", responses((status = 200, description = "Things")))]
+    #[allow(dead_code)]
+    fn get_things() {}
+
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths(post_thing, get_things), components(schemas(ProblemBody)))]
+    struct Doc;
+
+    #[test]
+    fn shared_problems_are_documented_on_every_operation() {
+        use utoipa::OpenApi;
+        let mut document = Doc::openapi();
+        document_shared_problems(&mut document);
+        let json = serde_json::to_value(&document).expect("serialises");
+        let post = &json["paths"]["/things"]["post"]["responses"];
+        let get = &json["paths"]["/things"]["get"]["responses"];
+        for status in ["202", "401", "408", "413", "415", "429", "500", "503"] {
+            assert!(post[status].is_object(), "post lacks {status}");
+        }
+        for status in ["200", "408", "413", "429", "500", "503"] {
+            assert!(get[status].is_object(), "get lacks {status}");
+        }
+        assert!(get["401"].is_null() && get["415"].is_null());
+        assert_eq!(post["503"]["description"], "Mine");
+        for status in ["429", "503"] {
+            assert_eq!(
+                post[status]["headers"]["Retry-After"]["schema"]["type"],
+                "integer"
+            );
+            assert_eq!(
+                post[status]["content"][PROBLEM_JSON]["schema"]["$ref"],
+                "#/components/schemas/Problem"
+            );
+        }
     }
 }

@@ -509,6 +509,8 @@ pub(crate) struct TestAppBuilder {
     env: Vec<(String, String)>,
     /// The Postgres server to create the test database on, instead of the harness's.
     admin_database_url: Option<String>,
+    /// The broker to use instead of the harness's.
+    kafka_brokers: Option<String>,
 }
 
 impl TestAppBuilder {
@@ -533,6 +535,12 @@ impl TestAppBuilder {
     /// Creates the test database on the server at `admin_url` (a URL of any database there).
     pub(crate) fn database_server(mut self, admin_url: &str) -> Self {
         self.admin_database_url = Some(admin_url.to_owned());
+        self
+    }
+
+    /// Uses the broker at `brokers` instead of the harness's.
+    pub(crate) fn broker(mut self, brokers: &str) -> Self {
+        self.kafka_brokers = Some(brokers.to_owned());
         self
     }
 
@@ -587,6 +595,7 @@ impl TestApp {
             projectors: 1,
             env: Vec::new(),
             admin_database_url: None,
+            kafka_brokers: None,
         }
     }
 
@@ -599,6 +608,9 @@ impl TestApp {
         let mut env = HarnessEnv::from_env();
         if let Some(url) = &builder.admin_database_url {
             env.admin_database_url.clone_from(url);
+        }
+        if let Some(brokers) = &builder.kafka_brokers {
+            env.kafka_brokers.clone_from(brokers);
         }
         // Fail early, with a clear message, when a binary is missing.
         for binary in ["projector", "command-api", "query-api"] {

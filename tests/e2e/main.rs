@@ -14,6 +14,7 @@
 //! `CHRONICLE_BIN_DIR` points at the service binaries (default: the profile directory this test
 //! binary was built in). Service logs land in `target/e2e-logs/<test database>/`.
 
+mod broker;
 mod harness;
 mod load;
 mod model;

@@ -131,6 +131,9 @@ impl Drop for PrivatePostgres {
         stop.args(["stop", "-m", "immediate", "-w"]);
         // Already stopped is fine; the directory goes either way.
         let _ = stop.output();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // A failed test keeps the directory (and the log in it) for a look.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
