@@ -205,3 +205,49 @@ async fn deleting_another_users_post_is_forbidden_and_changes_nothing() {
         .await
         .assert_problem(404, "post_not_found");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_token_or_secret_appears_in_any_log_line() {
+    // Arrange: services logging at debug level, and requests carrying good and bad tokens.
+    let app = TestApp::builder().env("RUST_LOG", "debug").spawn().await;
+    let alice = app.register_user("alice", "Alice").await;
+    let post = app.publish_post(&alice, "a post").await;
+    let forged = TestApp::sign_token(
+        &TestApp::token_claims(&alice.token),
+        "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL",
+    );
+    for token in [alice.token.as_str(), forged.as_str(), "not-a-jwt-at-all"] {
+        app.send(
+            app.command(Method::PUT, &format!("/v1/posts/{}/like", post.id))
+                .header(AUTHORIZATION, format!("Bearer {token}")),
+        )
+        .await;
+    }
+    app.wait_for(&[alice.position.clone(), post.position.clone()])
+        .await;
+    let (ok, _, stderr) = app.projector_cli(&["status"]).await;
+    assert!(ok, "{stderr}");
+
+    // Act: read every line every service wrote.
+    let mut logs = String::new();
+    for entry in std::fs::read_dir(app.log_dir()).expect("the log directory") {
+        let path = entry.expect("a log file").path();
+        logs.push_str(&std::fs::read_to_string(&path).expect("a readable log"));
+    }
+
+    // Assert: the logs say something, and nothing secret.
+    assert!(logs.lines().count() > 20, "too little logged to mean anything");
+    let signature = |token: &str| token.rsplit('.').next().unwrap_or_default().to_owned();
+    let secrets = [
+        ("the JWT secret", app.jwt_secret.clone()),
+        ("alice's token", alice.token.clone()),
+        ("alice's token signature", signature(&alice.token)),
+        ("a forged token", forged.clone()),
+        ("a forged token's signature", signature(&forged)),
+    ];
+    for (what, secret) in secrets {
+        if let Some(line) = logs.lines().find(|line| line.contains(&secret)) {
+            panic!("{what} appears in a log line: {line}");
+        }
+    }
+}

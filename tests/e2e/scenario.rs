@@ -436,3 +436,50 @@ async fn a_retried_command_with_an_idempotency_key_takes_effect_once() {
     let profile = app.get_user(&writer.id, &positions).await;
     assert_eq!(profile.u64_field("post_count"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_an_answer_lost_between_acknowledgement_and_reply_takes_effect_once() {
+    // Arrange: a published post whose answer, as far as the command API knows, was never
+    // given: the broker acknowledged its event, then the process died before recording where
+    // it landed (the state a SIGKILL at that instant leaves, made here exactly).
+    let app = TestApp::spawn().await;
+    let writer = app.register_user("writer", "Writer").await;
+    let publish = || {
+        app.command(Method::POST, "/v1/posts")
+            .bearer_auth(&writer.token)
+            .header("Idempotency-Key", "lost-answer")
+            .json(&json!({ "body": "acknowledged, never answered" }))
+    };
+    let first = app.send(publish()).await;
+    first.assert_status(202);
+    let forgotten = app
+        .db()
+        .await
+        .execute(
+            "UPDATE command.idempotency_keys SET partition = NULL, \"offset\" = NULL
+             WHERE key = 'lost-answer'",
+            &[],
+        )
+        .await
+        .expect("forget the recorded answer");
+    assert_eq!(forgotten, 1);
+
+    // Act: the client retries with its key.
+    let retry = app.send(publish()).await;
+
+    // Assert: the same post, appended a second time (a new position), applied once.
+    retry.assert_status(202);
+    assert_eq!(retry.str_field("post_id"), first.str_field("post_id"));
+    assert_ne!(retry.str_field("position"), first.str_field("position"));
+    let positions = vec![
+        writer.position.clone(),
+        first.str_field("position"),
+        retry.str_field("position"),
+    ];
+    let profile = app.get_user(&writer.id, &positions).await;
+    assert_eq!(profile.u64_field("post_count"), 1, "{profile}");
+    let feed = app
+        .collect_pages(&format!("/v1/users/{}/posts", writer.id), &positions)
+        .await;
+    assert_eq!(post_ids(&feed), vec![first.str_field("post_id")]);
+}
