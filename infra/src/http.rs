@@ -41,7 +41,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .context("failed to install the metrics recorder")
 }
 
-/// Adds what every service has: `/healthz`, `/metrics`, `/openapi.json` (when given), problem
+/// Adds what every service has: `/healthz`, `/metrics`, `/openapi.json` and `/docs` (when given), problem
 /// documents for unknown routes and methods, the body limit, request ids, request tracing,
 /// metrics and panic safety.
 pub fn with_common_layers(
@@ -52,12 +52,20 @@ pub fn with_common_layers(
     let router = match openapi {
         Some(document) => {
             let json = Bytes::from(document.to_json().unwrap_or_default());
-            router.route(
-                "/openapi.json",
-                get(move || {
-                    std::future::ready(([(header::CONTENT_TYPE, "application/json")], json.clone()))
-                }),
-            )
+            router
+                .route(
+                    "/openapi.json",
+                    get(move || {
+                        std::future::ready((
+                            [(header::CONTENT_TYPE, "application/json")],
+                            json.clone(),
+                        ))
+                    }),
+                )
+                .route(
+                    "/docs",
+                    get(|| std::future::ready(axum::response::Html(crate::apidoc::DOCS_PAGE))),
+                )
         }
         None => router,
     };

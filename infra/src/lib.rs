@@ -6,6 +6,7 @@
 //! It knows nothing about users, posts or likes; the services own their behaviour and their
 //! schemas (`command-api` owns `command`, `projector` owns `projection`).
 
+pub mod apidoc;
 pub mod db;
 pub mod http;
 pub mod kafka;

@@ -362,6 +362,20 @@ async fn services_report_health_metrics_openapi_and_request_ids() {
             openapi.str_field("openapi").starts_with("3.1"),
             "{base}/openapi.json is not OpenAPI 3.1"
         );
+        // The reference page renders that document and needs nothing from the network.
+        let docs = app
+            .client
+            .get(format!("{base}/docs"))
+            .send()
+            .await
+            .expect("GET /docs");
+        assert_eq!(docs.status(), 200);
+        let page = docs.text().await.expect("the docs page");
+        assert!(page.contains("fetch(\"openapi.json\")"), "{base}/docs");
+        assert!(
+            !page.contains("http://") && !page.contains("https://") && !page.contains(" src="),
+            "{base}/docs loads something from elsewhere"
+        );
 
         let echoed = app
             .send(

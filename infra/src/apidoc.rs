@@ -1,0 +1,36 @@
+//! The API documents: each service's OpenAPI document is generated from its code and served at
+//! `/openapi.json`, with a reference page at `/docs` that renders it in the browser and needs
+//! nothing from the network. Copies are checked in under `docs/`, kept current by a test.
+
+use std::path::Path;
+
+use utoipa::openapi::OpenApi;
+
+/// The reference page served at `/docs`: it loads `openapi.json` from next to itself.
+pub const DOCS_PAGE: &str = include_str!("docs.html");
+
+/// The document as checked in: pretty JSON with a final newline.
+pub fn render(document: &OpenApi) -> String {
+    let mut json = document.to_pretty_json().unwrap_or_default();
+    json.push('\n');
+    json
+}
+
+/// Checks that the file at `path` holds `document`; with `CHRONICLE_UPDATE_DOCS` set, writes it
+/// instead. The error says how to bring the copy up to date.
+pub fn check_copy(document: &OpenApi, path: &Path) -> Result<(), String> {
+    let rendered = render(document);
+    if std::env::var_os("CHRONICLE_UPDATE_DOCS").is_some() {
+        return std::fs::write(path, rendered)
+            .map_err(|err| format!("cannot write {}: {err}", path.display()));
+    }
+    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+    if checked_in == rendered {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is not what the code generates: run `CHRONICLE_UPDATE_DOCS=1 cargo test --workspace \
+         --test openapi_docs` and commit the result",
+        path.display()
+    ))
+}
