@@ -236,7 +236,10 @@ async fn no_token_or_secret_appears_in_any_log_line() {
     }
 
     // Assert: the logs say something, and nothing secret.
-    assert!(logs.lines().count() > 20, "too little logged to mean anything");
+    assert!(
+        logs.lines().count() > 20,
+        "too little logged to mean anything"
+    );
     let signature = |token: &str| token.rsplit('.').next().unwrap_or_default().to_owned();
     let secrets = [
         ("the JWT secret", app.jwt_secret.clone()),
