@@ -655,3 +655,48 @@ async fn concurrent_registrations_of_one_handle_admit_exactly_one() {
     profile.assert_status(200);
     assert_eq!(profile.str_field("user_id"), winner.str_field("user_id"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_metacharacters_and_unicode_edge_cases_come_back_literally() {
+    // Arrange: texts that break naive SQL, JSON or Unicode handling.
+    let app = TestApp::spawn().await;
+    let writer = app.register_user("writer", "Writer").await;
+    let texts = [
+        "'; DROP TABLE read_g1.posts; --",
+        "Robert'); DELETE FROM projection.offsets WHERE ('1'='1",
+        "100% of _all_ \\ back\\slashes $1 $$ E'\\n' \" quotes \"",
+        "\u{202e}reversed by a bidi override\u{202c} and \u{200b}zero\u{200d}width",
+        "e\u{301} (combining) vs \u{e9} (precomposed), \u{fb01} ligature",
+        "👨\u{200d}👩\u{200d}👧 family, 🏳\u{fe0f}\u{200d}🌈 flag, 𝕳𝖊𝖑𝖑𝖔",
+        "\u{feff}BOM, \u{fffd} replacement, 中文, العربية, עברית",
+        "line\nbreaks\r\nand\ttabs inside",
+        "<script>alert(1)</script> &amp; {\"json\": [1]}",
+    ];
+
+    // Act
+    let mut posts = Vec::new();
+    for text in texts {
+        let resp = app.publish(&writer.token, text).await;
+        resp.assert_status(202);
+        posts.push((text, resp.str_field("post_id"), resp.str_field("position")));
+    }
+    let bio = texts[0];
+    let updated = app
+        .update_profile(&writer.token, json!({ "display_name": texts[5], "bio": bio }))
+        .await;
+    updated.assert_status(202);
+    let mut positions: Vec<String> = posts.iter().map(|(_, _, p)| p.clone()).collect();
+    positions.push(updated.str_field("position"));
+    app.wait_for(&positions).await;
+
+    // Assert: every text comes back byte for byte, and the tables they aimed at are intact.
+    for (text, id, _) in &posts {
+        let post = app.get_post(id, &[]).await;
+        post.assert_status(200);
+        assert_eq!(post.str_field("body"), *text);
+    }
+    let profile = app.get_user(&writer.id, &[]).await;
+    assert_eq!(profile.str_field("display_name"), texts[5]);
+    assert_eq!(profile.str_field("bio"), bio);
+    assert_eq!(profile.u64_field("post_count"), texts.len() as u64);
+}
