@@ -152,6 +152,7 @@ impl Application {
         );
         let metrics = install_metrics()?;
         let pool = config.database.pool()?;
+        chronicle_infra::db::report_pool_usage(&pool, "command");
         migrate(&pool, SCHEMA, MIGRATIONS, Duration::from_secs(30)).await?;
         config.kafka.ensure_topic(Duration::from_secs(60)).await?;
         let producer = EventProducer::new(

@@ -192,3 +192,24 @@ pub fn is_transient(err: &tokio_postgres::Error) -> bool {
         }
     }
 }
+
+/// Publishes `pool`'s usage as gauges every second, for `/metrics`: connections in use and
+/// idle, the largest size, and how many callers wait for a connection (`pool` names it).
+pub fn report_pool_usage(pool: &Pool, name: &'static str) {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let status = pool.status();
+            let idle = status.available;
+            let in_use = status.size.saturating_sub(idle);
+            metrics::gauge!("db_pool_connections", "pool" => name, "state" => "in_use")
+                .set(in_use as f64);
+            metrics::gauge!("db_pool_connections", "pool" => name, "state" => "idle")
+                .set(idle as f64);
+            metrics::gauge!("db_pool_max_size", "pool" => name).set(status.max_size as f64);
+            metrics::gauge!("db_pool_waiting", "pool" => name).set(status.waiting as f64);
+        }
+    });
+}

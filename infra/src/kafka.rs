@@ -204,16 +204,27 @@ impl EventProducer {
             .headers(headers);
         // librdkafka fails the message itself after `message.timeout.ms`; the queue timeout only
         // bounds the wait for room in a full local queue.
-        match self
+        let started = std::time::Instant::now();
+        let sent = self
             .producer
             .send(record, Timeout::After(Duration::ZERO))
-            .await
-        {
+            .await;
+        let outcome = if sent.is_ok() {
+            "acknowledged"
+        } else {
+            "failed"
+        };
+        metrics::histogram!("events_produce_duration_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        match sent {
             Ok(delivery) => Ok(Position {
                 partition: delivery.partition,
                 offset: delivery.offset,
             }),
-            Err((err, _)) => Err(ProduceError::Unavailable(err)),
+            Err((err, _)) => {
+                metrics::counter!("events_produce_errors_total").increment(1);
+                Err(ProduceError::Unavailable(err))
+            }
         }
     }
 

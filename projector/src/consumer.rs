@@ -34,6 +34,8 @@ pub(crate) struct Rebalancer {
     target: Target,
     runtime: tokio::runtime::Handle,
     owned: Mutex<HashSet<i32>>,
+    /// Per partition, the next offset applied so far (for the lag in `/metrics`).
+    applied: Mutex<HashMap<i32, i64>>,
 }
 
 impl Rebalancer {
@@ -63,7 +65,38 @@ impl Rebalancer {
     }
 }
 
-impl ClientContext for Rebalancer {}
+impl Rebalancer {
+    fn note_applied(&self, partition: i32, next: i64) {
+        self.applied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(partition, next);
+    }
+}
+
+impl ClientContext for Rebalancer {
+    /// librdkafka's statistics (every `statistics.interval.ms`) carry each partition's high
+    /// watermark: the lag is how far behind it the applied offset is.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        // A rebuild's consumer is not the projector's lag.
+        if self.target != Target::Active {
+            return;
+        }
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
+        for (partition, next) in applied.iter() {
+            if !self.owns(*partition) {
+                continue;
+            }
+            if let Some(stats) = topic.partitions.get(partition).filter(|p| p.hi_offset >= 0) {
+                metrics::gauge!("projector_lag_events", "partition" => partition.to_string())
+                    .set((stats.hi_offset - next).max(0) as f64);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Rebalancer {
     fn rebalance(
@@ -186,6 +219,7 @@ fn create(
         target: settings.target.clone(),
         runtime: tokio::runtime::Handle::current(),
         owned: Mutex::new(owned),
+        applied: Mutex::new(HashMap::new()),
     };
     kafka
         .client_config()
@@ -197,6 +231,7 @@ fn create(
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
         .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "5000")
         .create_with_context(context)
         .context("failed to create the Kafka consumer")
 }
@@ -308,6 +343,7 @@ async fn work(
         target: &settings.target,
     };
     let mut expected = retry(partition, || part.stored_offset(&pool)).await;
+    consumer.context().note_applied(partition, expected);
     tracing::info!(partition, offset = expected, "projecting partition");
     let mut batch: Vec<Record> = Vec::with_capacity(batch_size);
     let mut held: Vec<Record> = Vec::new();
@@ -372,6 +408,7 @@ async fn work(
                     dead,
                 }) => {
                     expected = next;
+                    consumer.context().note_applied(partition, next);
                     metrics::counter!("projector_events_applied_total").increment(applied as u64);
                     applied_total.fetch_add(applied as u64, Ordering::Relaxed);
                     metrics::counter!("projector_dead_letters_total").increment(dead as u64);

@@ -235,6 +235,7 @@ impl Projector {
     pub async fn build(config: Config) -> anyhow::Result<Projector> {
         let metrics = install_metrics()?;
         let pool = config.database.pool()?;
+        chronicle_infra::db::report_pool_usage(&pool, "projector");
         migrate(&pool, SCHEMA, MIGRATIONS, Duration::from_secs(30)).await?;
         config.kafka.ensure_topic(Duration::from_secs(60)).await?;
         let settings = ConsumeSettings {

@@ -105,6 +105,7 @@ impl Application {
         );
         let metrics = install_metrics()?;
         let pool = config.database.read_only_pool()?;
+        chronicle_infra::db::report_pool_usage(&pool, "query");
         let progress = Progress::follow(config.database.pg_config()?, config.topic.clone());
         let state = AppState(Arc::new(Shared {
             pool,

@@ -497,3 +497,70 @@ async fn a_retry_after_an_answer_lost_between_acknowledgement_and_reply_takes_ef
         .await;
     assert_eq!(post_ids(&feed), vec![first.str_field("post_id")]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_latencies_produce_outcomes_pool_usage_and_lag() {
+    // Arrange: one command and one read have been served.
+    let app = TestApp::spawn().await;
+    let user = app.register_user("measured", "Measured").await;
+    app.get_user(&user.id, std::slice::from_ref(&user.position))
+        .await
+        .assert_status(200);
+    let metrics_of = |base: String| {
+        let client = app.client.clone();
+        async move {
+            let response = client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .expect("GET /metrics");
+            assert_eq!(response.status(), 200);
+            response.text().await.expect("the metrics")
+        }
+    };
+
+    // Act / Assert: the command API times commands by route and status, and the broker's
+    // acknowledgements; both APIs show their pools.
+    let command = metrics_of(app.command_url.clone()).await;
+    for expected in [
+        "http_request_duration_seconds_bucket{route=\"/v1/users\",method=\"POST\",status=\"201\"",
+        "events_produce_duration_seconds_bucket{outcome=\"acknowledged\"",
+        "db_pool_connections{pool=\"command\",state=\"in_use\"}",
+        "db_pool_waiting{pool=\"command\"}",
+    ] {
+        assert!(
+            command.contains(expected),
+            "command-api lacks {expected}:\n{command}"
+        );
+    }
+    let query = metrics_of(app.query_url.clone()).await;
+    for expected in [
+        "http_request_duration_seconds_bucket{route=\"/v1/users/{user_id}\",method=\"GET\",status=\"200\"",
+        "db_pool_connections{pool=\"query\",state=\"idle\"}",
+    ] {
+        assert!(
+            query.contains(expected),
+            "query-api lacks {expected}:\n{query}"
+        );
+    }
+    // The projector: batch sizes and apply times, and the lag per partition, which comes with
+    // librdkafka's statistics every 5 s.
+    let projector = app.projector_url().expect("a projector runs");
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = metrics_of(projector.clone()).await;
+        if metrics.contains("projector_lag_events{partition=") {
+            assert!(
+                metrics.contains("projector_batch_duration_seconds"),
+                "{metrics}"
+            );
+            assert!(metrics.contains("projector_batch_size"), "{metrics}");
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the projector reported no lag within 30 s:\n{metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
