@@ -682,7 +682,10 @@ async fn sql_metacharacters_and_unicode_edge_cases_come_back_literally() {
     }
     let bio = texts[0];
     let updated = app
-        .update_profile(&writer.token, json!({ "display_name": texts[5], "bio": bio }))
+        .update_profile(
+            &writer.token,
+            json!({ "display_name": texts[5], "bio": bio }),
+        )
         .await;
     updated.assert_status(202);
     let mut positions: Vec<String> = posts.iter().map(|(_, _, p)| p.clone()).collect();
