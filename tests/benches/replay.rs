@@ -13,19 +13,17 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chronicle_tests::bench::{
+    PARTITIONS, Result, append_to_benchmarks, create_topic, env, spawn, wait_until_projected,
+    with_database,
+};
 use futures_util::StreamExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_postgres::NoTls;
-
-const PARTITIONS: i32 = 12;
-
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -151,74 +149,13 @@ async fn main() -> Result<()> {
         }
     );
     println!("\n{table}\n{summary}");
-    append_to_benchmarks(events, &table, &summary)?;
+    append_to_benchmarks(&format!("replay, {events} events"), &table, &summary)?;
 
     drop(db);
     admin
         .batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)"))
         .await?;
     Ok(())
-}
-
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let base = base.rsplit_once('/').map_or(base, |(head, _)| head);
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
-}
-
-async fn create_topic(brokers: &str, topic: &str) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let new =
-        NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1)).set("retention.ms", "-1");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin.create_topics([&new], &options).await? {
-        result.map_err(|(name, code)| format!("cannot create {name}: {code}"))?;
-    }
-    Ok(())
-}
-
-fn spawn(binary: &str, args: &[&str], vars: &[(&str, String)]) -> Result<Child> {
-    Ok(Command::new(binary)
-        .args(args)
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()?)
-}
-
-/// Polls the active generation's offsets until they cover `events` (a benchmark may poll).
-async fn wait_until_projected(db: &tokio_postgres::Client, events: i64) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(3600);
-    loop {
-        let done: Option<i64> = db
-            .query_opt(
-                "SELECT sum(next_offset)::bigint FROM projection.offsets o
-                 JOIN projection.generations g ON g.name = o.generation AND g.state = 'active'",
-                &[],
-            )
-            .await
-            .ok()
-            .flatten()
-            .and_then(|row| row.get(0));
-        if done.is_some_and(|done| done >= events) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err("the live projector did not catch up within an hour".into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Reads every event of the topic with a bare consumer; returns how many.
@@ -306,60 +243,4 @@ async fn copy_rows(db: &tokio_postgres::Client, schema: &str) -> Result<(u64, f6
         rows += sink.finish().await?;
     }
     Ok((rows, started.elapsed().as_secs_f64()))
-}
-
-fn append_to_benchmarks(events: usize, table: &str, summary: &str) -> Result<()> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let run = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
-    let revision = run(
-        "git",
-        &[
-            "-C",
-            &root.display().to_string(),
-            "describe",
-            "--always",
-            "--dirty",
-            "--abbrev=7",
-        ],
-    );
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_owned()))
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
-        })
-        .and_then(|kib| kib.parse::<u64>().ok())
-        .map_or_else(String::new, |kib| format!(", {} GiB", kib / 1024 / 1024));
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let entry = format!(
-        "\n## replay, {events} events — {} (rev {revision})\n\nMachine: {cores} cores, {cpu}{memory}; broker tansu \
-         0.6.0 (libsql), PostgreSQL, the services in release builds, all on this one machine.\n\n{table}\n{summary}\n",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-    );
-    let path = root.join("BENCHMARKS.md");
-    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        "# Benchmarks\n\nAppended by `script/bench`. Absolute numbers drift on shared machines; \
-         the ratios, measured side by side in one run, are what to compare.\n"
-            .to_owned()
-    });
-    text.push_str(&entry);
-    std::fs::write(&path, text)?;
-    println!("appended to {}", path.display());
-    Ok(())
 }
