@@ -2,8 +2,9 @@
 //! append the event, answer with its position.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use chronicle_events::{
     Envelope, Event, PostDeleted, PostLiked, PostPublished, PostUnliked, ProfileUpdated,
     UserFollowed, UserRegistered, UserUnfollowed,
@@ -24,6 +25,20 @@ use chronicle_infra::problem::ProblemBody;
 
 type Answer<T> = Result<(StatusCode, Json<T>), Problem>;
 
+/// One path parameter, as text. A segment that is not UTF-8 once percent-decoded is a 400
+/// `validation_failed` problem document, like every other malformed parameter (axum's own
+/// `Path` rejection is plain text).
+pub(crate) struct Segment(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Segment, Problem> {
+        let Path(value) = Path::<String>::from_request_parts(parts, state).await?;
+        Ok(Segment(value))
+    }
+}
+
 /// A registration.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -31,10 +46,10 @@ pub(crate) struct RegisterRequest {
     /// Trimmed and lowercased, then 3–30 characters of `[a-z0-9_]`; unique.
     #[schema(example = "alice")]
     handle: String,
-    /// 1–50 characters after trimming.
+    /// 1–50 characters after trimming; no U+0000.
     #[schema(example = "Alice")]
     display_name: String,
-    /// At most 160 characters.
+    /// At most 160 characters after trimming; no U+0000.
     #[serde(default)]
     bio: Option<String>,
 }
@@ -54,10 +69,10 @@ pub(crate) struct Registered {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProfileRequest {
-    /// 1–50 characters after trimming.
+    /// 1–50 characters after trimming; no U+0000.
     #[serde(default)]
     display_name: Option<String>,
-    /// At most 160 characters; empty clears it.
+    /// At most 160 characters after trimming; no U+0000; empty clears it.
     #[serde(default)]
     bio: Option<String>,
 }
@@ -66,7 +81,7 @@ pub(crate) struct ProfileRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PublishRequest {
-    /// 1–1000 characters after trimming.
+    /// 1–1000 characters after trimming; no U+0000.
     #[schema(example = "Hello, Chronicle!")]
     body: String,
     /// The post this one replies to; it must exist (404 `post_not_found` otherwise).
@@ -187,8 +202,14 @@ pub(crate) async fn ready(State(app): State<AppState>) -> StatusCode {
 /// released; with one, it is kept for the retry, which appends the same event.
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = RegisterRequest,
     params(IdempotencyHeader),
-    responses((status = 201, description = "Registered", body = Registered), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 422, description = "A field breaks its rule (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "The handle is taken (`handle_taken`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
+    responses(
+        (status = 201, description = "Registered", body = Registered),
+        (status = 400, description = "Malformed body or `Idempotency-Key` (`invalid_body`, `validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The handle is taken (`handle_taken`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks its rule, or the `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable (`broker_unavailable`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn register(
     State(app): State<AppState>,
     key: IdempotencyKey,
@@ -276,7 +297,14 @@ impl AppState {
 /// `PATCH /v1/users/me`: change display name and/or bio.
 #[utoipa::path(patch, path = "/v1/users/me", tag = "users", request_body = ProfileRequest,
     params(IdempotencyHeader), security(("bearer" = [])),
-    responses((status = 202, description = "Accepted: the event is in the log", body = Accepted), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"), (status = 422, description = "A field breaks its rule (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
+    responses(
+        (status = 202, description = "Accepted: the event is in the log", body = Accepted),
+        (status = 400, description = "Malformed body or `Idempotency-Key` (`invalid_body`, `validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks its rule, or the `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable (`broker_unavailable`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn update_profile(
     State(app): State<AppState>,
     Actor(actor): Actor,
@@ -310,7 +338,15 @@ pub(crate) async fn update_profile(
 /// `POST /v1/posts`: publish a post.
 #[utoipa::path(post, path = "/v1/posts", tag = "posts", request_body = PublishRequest,
     params(MinPositions, IdempotencyHeader), security(("bearer" = [])),
-    responses((status = 202, description = "Published", body = Published), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"), (status = 422, description = "A field breaks its rule (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
+    responses(
+        (status = 202, description = "Published", body = Published),
+        (status = 400, description = "Malformed body, `min_position` or `Idempotency-Key` (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such post to reply to (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks its rule, or the `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn publish(
     State(app): State<AppState>,
     Actor(actor): Actor,
@@ -346,15 +382,24 @@ pub(crate) async fn publish(
 }
 
 /// `DELETE /v1/posts/{post_id}`: only the author may delete a post.
-#[utoipa::path(delete, path = "/v1/posts/{post_id}", tag = "posts", params(("post_id" = Uuid, Path, description = "The post"), MinPositions, IdempotencyHeader), security(("bearer" = [])),
-    responses((status = 202, description = "Accepted: the event is in the log", body = Accepted), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
+#[utoipa::path(delete, path = "/v1/posts/{post_id}", tag = "posts",
+    params(("post_id" = Uuid, Path, description = "The post"), MinPositions, IdempotencyHeader),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the event is in the log", body = Accepted),
+        (status = 400, description = "Malformed path, `min_position` or `Idempotency-Key` (`validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not your post (`forbidden`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn delete_post(
     State(app): State<AppState>,
     Actor(actor): Actor,
     key: IdempotencyKey,
-    Path(post_id): Path<String>,
+    Segment(post_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Answer<Accepted> {
     let post_id = parse_id("post_id", &post_id)?;
@@ -379,13 +424,23 @@ pub(crate) async fn delete_post(
 }
 
 /// `PUT /v1/posts/{post_id}/like`.
-#[utoipa::path(put, path = "/v1/posts/{post_id}/like", tag = "posts", params(("post_id" = Uuid, Path, description = "The post"), MinPositions, IdempotencyHeader), security(("bearer" = [])),
-    responses((status = 202, description = "Accepted: the event is in the log", body = Accepted), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/v1/posts/{post_id}/like", tag = "posts",
+    params(("post_id" = Uuid, Path, description = "The post"), MinPositions, IdempotencyHeader),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the event is in the log", body = Accepted),
+        (status = 400, description = "Malformed path, `min_position` or `Idempotency-Key` (`validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn like(
     State(app): State<AppState>,
     Actor(actor): Actor,
     key: IdempotencyKey,
-    Path(post_id): Path<String>,
+    Segment(post_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Answer<Accepted> {
     let post_id = parse_id("post_id", &post_id)?;
@@ -404,13 +459,23 @@ pub(crate) async fn like(
 }
 
 /// `DELETE /v1/posts/{post_id}/like`.
-#[utoipa::path(delete, path = "/v1/posts/{post_id}/like", tag = "posts", params(("post_id" = Uuid, Path, description = "The post"), MinPositions, IdempotencyHeader), security(("bearer" = [])),
-    responses((status = 202, description = "Accepted: the event is in the log", body = Accepted), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/v1/posts/{post_id}/like", tag = "posts",
+    params(("post_id" = Uuid, Path, description = "The post"), MinPositions, IdempotencyHeader),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the event is in the log", body = Accepted),
+        (status = 400, description = "Malformed path, `min_position` or `Idempotency-Key` (`validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn unlike(
     State(app): State<AppState>,
     Actor(actor): Actor,
     key: IdempotencyKey,
-    Path(post_id): Path<String>,
+    Segment(post_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Answer<Accepted> {
     let post_id = parse_id("post_id", &post_id)?;
@@ -441,14 +506,23 @@ fn not_self(actor: Uuid, user_id: Uuid) -> Result<(), Problem> {
 }
 
 /// `PUT /v1/users/me/following/{user_id}`.
-#[utoipa::path(put, path = "/v1/users/me/following/{user_id}", tag = "users", params(("user_id" = Uuid, Path, description = "The user to follow or unfollow"), MinPositions, IdempotencyHeader), security(("bearer" = [])),
-    responses((status = 202, description = "Accepted: the event is in the log", body = Accepted), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Following yourself (`cannot_follow_self`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/v1/users/me/following/{user_id}", tag = "users",
+    params(("user_id" = Uuid, Path, description = "The user to follow"), MinPositions, IdempotencyHeader),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the event is in the log", body = Accepted),
+        (status = 400, description = "Malformed path, `min_position` or `Idempotency-Key` (`validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Following yourself (`cannot_follow_self`), or the `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn follow(
     State(app): State<AppState>,
     Actor(actor): Actor,
     key: IdempotencyKey,
-    Path(user_id): Path<String>,
+    Segment(user_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Answer<Accepted> {
     let followee = parse_id("user_id", &user_id)?;
@@ -468,14 +542,23 @@ pub(crate) async fn follow(
 }
 
 /// `DELETE /v1/users/me/following/{user_id}`.
-#[utoipa::path(delete, path = "/v1/users/me/following/{user_id}", tag = "users", params(("user_id" = Uuid, Path, description = "The user to follow or unfollow"), MinPositions, IdempotencyHeader), security(("bearer" = [])),
-    responses((status = 202, description = "Accepted: the event is in the log", body = Accepted), (status = 400, description = "Malformed body or parameter (`invalid_body`, `validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Following yourself (`cannot_follow_self`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/v1/users/me/following/{user_id}", tag = "users",
+    params(("user_id" = Uuid, Path, description = "The user to unfollow"), MinPositions, IdempotencyHeader),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the event is in the log", body = Accepted),
+        (status = 400, description = "Malformed path, `min_position` or `Idempotency-Key` (`validation_failed`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Unfollowing yourself (`cannot_follow_self`), or the `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn unfollow(
     State(app): State<AppState>,
     Actor(actor): Actor,
     key: IdempotencyKey,
-    Path(user_id): Path<String>,
+    Segment(user_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Answer<Accepted> {
     let followee = parse_id("user_id", &user_id)?;
@@ -492,4 +575,45 @@ pub(crate) async fn unfollow(
     })
     .await
     .map(accepted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_path_segment_that_is_not_utf8_is_a_problem_document() {
+        async fn echo(Segment(value): Segment) -> String {
+            value
+        }
+        let app = axum::Router::new().route("/things/{id}", axum::routing::get(echo));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let get = |path: &'static str| {
+            tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Write};
+                let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+                write!(
+                    stream,
+                    "GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+                )
+                .expect("write");
+                let mut response = String::new();
+                stream.read_to_string(&mut response).expect("read");
+                response
+            })
+        };
+        let bad = get("/things/%FF").await.expect("join");
+        assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+        assert!(bad.contains("application/problem+json"), "{bad}");
+        assert!(bad.contains("\"validation_failed\""), "{bad}");
+        let good = get("/things/a%20b").await.expect("join");
+        assert!(
+            good.starts_with("HTTP/1.1 200") && good.ends_with("a b"),
+            "{good}"
+        );
+    }
 }

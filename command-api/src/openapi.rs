@@ -15,8 +15,11 @@ pub(crate) use chronicle_infra::http::MinPositions;
 #[into_params(parameter_in = Header)]
 pub(crate) struct IdempotencyHeader {
     /// 1–64 printable ASCII characters. A retry with the same key by the same user returns the
-    /// first answer and never takes effect twice.
+    /// first answer and never takes effect twice; reusing a key for a different request is a
+    /// 422. (HTTP drops spaces around a header value, so a key neither starts nor ends with one.)
     #[serde(rename = "Idempotency-Key")]
+    #[param(value_type = String, required = false, min_length = 1, max_length = 64,
+            pattern = "^[!-~]([ -~]{0,62}[!-~])?$")]
     #[allow(dead_code)]
     idempotency_key: Option<String>,
 }
@@ -40,7 +43,7 @@ pub(crate) struct IdempotencyHeader {
         handlers::unfollow,
     ),
     components(schemas(ProblemBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &SharedProblems),
     tags(
         (name = "users", description = "Registration, profiles and follows"),
         (name = "posts", description = "Posts and likes"),
@@ -62,6 +65,16 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// The problems every route can answer because of the layers all routes share (rate limits,
+/// timeouts, the body limit, the JSON body reader).
+struct SharedProblems;
+
+impl Modify for SharedProblems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        chronicle_infra::problem::document_shared_problems(openapi);
     }
 }
 
@@ -98,5 +111,50 @@ mod tests {
                 "{method} {path} is not documented"
             );
         }
+    }
+
+    #[test]
+    fn documents_every_status_a_command_can_answer() {
+        let json = serde_json::to_value(document()).expect("serialises");
+        let paths = json["paths"].as_object().expect("paths");
+        let mut operations = 0;
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().expect("path item") {
+                operations += 1;
+                let responses = &operation["responses"];
+                // Every command takes an Idempotency-Key, which may be reused for another request.
+                let mut statuses = vec!["400", "408", "413", "422", "429", "500", "503"];
+                if operation["requestBody"].is_object() {
+                    statuses.push("415");
+                }
+                if operation["security"].is_array() {
+                    statuses.push("401");
+                }
+                if path.contains('{') {
+                    statuses.push("404");
+                }
+                for status in statuses {
+                    assert!(
+                        responses[status].is_object(),
+                        "{method} {path} does not document {status}"
+                    );
+                }
+                for status in ["429", "503"] {
+                    assert!(
+                        responses[status]["headers"]["Retry-After"].is_object(),
+                        "{method} {path}: {status} without Retry-After"
+                    );
+                }
+                let key = operation["parameters"]
+                    .as_array()
+                    .and_then(|ps| ps.iter().find(|p| p["name"] == "Idempotency-Key"))
+                    .expect("Idempotency-Key");
+                assert_eq!(key["schema"]["maxLength"], 64);
+            }
+        }
+        assert_eq!(operations, 8);
+        assert!(paths["/v1/posts"]["post"]["responses"]["404"].is_object());
+        assert!(paths["/v1/users"]["post"]["responses"]["409"].is_object());
+        assert!(paths["/v1/posts/{post_id}"]["delete"]["responses"]["403"].is_object());
     }
 }

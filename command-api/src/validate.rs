@@ -1,4 +1,8 @@
 //! Field rules of the commands (API.md), as pure functions. Lengths count Unicode scalar values.
+//!
+//! Text fields must not contain U+0000 (NUL): PostgreSQL text cannot hold it, so an event carrying
+//! one could never be projected (it would become a dead letter and hold back its author's later
+//! events). It is refused here, before anything is appended.
 
 use chronicle_infra::Problem;
 
@@ -38,6 +42,11 @@ pub(crate) fn post_body(raw: &str) -> Result<String, Problem> {
 }
 
 fn bounded(field: &str, raw: &str, min: usize, max: usize) -> Result<String, Problem> {
+    if raw.contains('\0') {
+        return Err(Problem::validation(format!(
+            "{field} must not contain NUL characters (U+0000)"
+        )));
+    }
     let value = raw.trim();
     let n = length(value);
     if n < min {
@@ -85,6 +94,16 @@ mod tests {
         assert!(post_body(&"x".repeat(1000)).is_ok());
         assert!(post_body(&"x".repeat(1001)).is_err());
         assert!(post_body("\n\t ").is_err());
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_every_text_field() {
+        assert!(display_name("Ada\0").is_err());
+        assert!(bio("a\0b").is_err());
+        assert!(post_body("\0").is_err());
+        assert!(post_body("hello \0 world").is_err());
+        assert!(handle("ali\0ce").is_err());
+        assert_eq!(post_body("x\0").expect_err("nul").status().as_u16(), 422);
     }
 
     #[test]

@@ -207,10 +207,12 @@ impl From<deadpool_postgres::PoolError> for Problem {
 
 impl From<tokio_postgres::Error> for Problem {
     fn from(err: tokio_postgres::Error) -> Problem {
-        let io_failure =
-            std::error::Error::source(&err).is_some_and(|source| source.is::<std::io::Error>());
-        if err.is_closed() || io_failure {
-            tracing::warn!(error = %err, "database connection failed");
+        // A lost connection, a server shutting down or restarting, or a deadlock: worth a retry.
+        if crate::db::is_transient(&err) {
+            match err.as_db_error() {
+                Some(db) => tracing::warn!(error = %db, "database unavailable"),
+                None => tracing::warn!(error = %err, "database unavailable"),
+            }
             Problem::database_unavailable()
         } else {
             // `Display` of a tokio-postgres error is only "db error"; log what the server said.

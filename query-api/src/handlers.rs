@@ -2,8 +2,9 @@
 //! runs one keyset query against the read models.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use chronicle_infra::Problem;
 use chronicle_infra::http::MinPositions;
 use chronicle_infra::http::{min_positions, parse_id, query_pairs, wait_for_positions};
@@ -23,6 +24,20 @@ const MAX_LIMIT: i64 = 100;
 
 type Answer<T> = Result<Json<T>, Problem>;
 
+/// One path parameter, as text. A segment that is not UTF-8 once percent-decoded is a 400
+/// `validation_failed` problem document, like every other malformed parameter (axum's own
+/// `Path` rejection is plain text).
+pub(crate) struct Segment(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Segment, Problem> {
+        let Path(value) = Path::<String>::from_request_parts(parts, state).await?;
+        Ok(Segment(value))
+    }
+}
+
 fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -34,6 +49,8 @@ pub(crate) struct Profile {
     handle: String,
     display_name: String,
     bio: String,
+    /// RFC 3339, UTC, milliseconds.
+    #[schema(format = DateTime, example = "2026-11-26T09:30:00.123Z")]
     joined_at: String,
     post_count: i64,
     follower_count: i64,
@@ -56,9 +73,12 @@ pub(crate) struct Post {
     post_id: Uuid,
     author: UserSummary,
     body: String,
+    /// RFC 3339, UTC, milliseconds.
+    #[schema(format = DateTime, example = "2026-11-26T09:30:00.123Z")]
     published_at: String,
     like_count: i64,
-    /// The post this one replies to, if any.
+    /// The post this one replies to, or null.
+    #[schema(required = true)]
     reply_to: Option<Uuid>,
     /// Replies to this post that are not deleted.
     reply_count: i64,
@@ -68,6 +88,8 @@ pub(crate) struct Post {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Like {
     user: UserSummary,
+    /// RFC 3339, UTC, milliseconds.
+    #[schema(format = DateTime, example = "2026-11-26T09:30:00.123Z")]
     liked_at: String,
 }
 
@@ -76,6 +98,7 @@ pub(crate) struct Like {
 pub(crate) struct Page<T: ToSchema> {
     items: Vec<T>,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
@@ -125,7 +148,7 @@ impl AppState {
                             ))
                         })?;
                 }
-                "cursor" => params.cursor = Cursor::decode(value)?,
+                "cursor" => params.cursor = storable(Cursor::decode(value)?)?,
                 _ => {}
             }
         }
@@ -133,6 +156,24 @@ impl AppState {
         params.schema = self.progress.require_read_schema()?;
         Ok(params)
     }
+}
+
+/// PostgreSQL's earliest `timestamptz`, 4714-11-24 00:00:00 BC, in microseconds since the Unix
+/// epoch. No item is older.
+const EARLIEST_MICROS: i64 = -210_866_803_200_000_000;
+
+/// A decoded cursor whose time PostgreSQL can compare with. One from before its earliest time
+/// was not made by this service (its query would fail: a 500 for a client's mistake), so it is a
+/// 400 `invalid_cursor` like any other forged cursor.
+fn storable(cursor: Cursor) -> Result<Cursor, Problem> {
+    if cursor.at.timestamp_micros() < EARLIEST_MICROS {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_cursor",
+            "the cursor is not one returned by this service",
+        ));
+    }
+    Ok(cursor)
 }
 
 impl Read<'_> {
@@ -218,7 +259,7 @@ fn profile_from(row: &Row) -> Profile {
     responses((status = 200, body = Profile), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn profile(
     State(app): State<AppState>,
-    Path(user_id): Path<String>,
+    Segment(user_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Answer<Profile> {
     let user_id = parse_id("user_id", &user_id)?;
@@ -237,11 +278,15 @@ pub(crate) async fn profile(
     responses((status = 200, body = Profile), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn profile_by_handle(
     State(app): State<AppState>,
-    Path(handle): Path<String>,
+    Segment(handle): Segment,
     RawQuery(query): RawQuery,
 ) -> Answer<Profile> {
     let handle = handle.trim().to_lowercase();
     let read = app.read(query).await?;
+    if handle.contains('\0') {
+        // No handle has one, and PostgreSQL text cannot carry it to the query.
+        return Err(user_not_found());
+    }
     let rows = read
         .query(&format!("{PROFILE} WHERE u.handle = $1"), &[&handle])
         .await?;
@@ -310,7 +355,7 @@ pub(crate) async fn global_feed(
     responses((status = 200, body = Page<Post>), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn author_feed(
     State(app): State<AppState>,
-    Path(user_id): Path<String>,
+    Segment(user_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Answer<Page<Post>> {
     let user_id = parse_id("user_id", &user_id)?;
@@ -324,7 +369,7 @@ pub(crate) async fn author_feed(
     responses((status = 200, body = Page<Post>), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn timeline(
     State(app): State<AppState>,
-    Path(user_id): Path<String>,
+    Segment(user_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Answer<Page<Post>> {
     let user_id = parse_id("user_id", &user_id)?;
@@ -340,7 +385,7 @@ pub(crate) async fn timeline(
     responses((status = 200, body = Post), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn post(
     State(app): State<AppState>,
-    Path(post_id): Path<String>,
+    Segment(post_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Answer<Post> {
     let post_id = parse_id("post_id", &post_id)?;
@@ -374,7 +419,7 @@ fn summary_key(row: &Row) -> Cursor {
     responses((status = 200, body = Page<Like>), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn likes(
     State(app): State<AppState>,
-    Path(post_id): Path<String>,
+    Segment(post_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Answer<Page<Like>> {
     let post_id = parse_id("post_id", &post_id)?;
@@ -442,7 +487,7 @@ async fn follow_page(
     responses((status = 200, body = Page<UserSummary>), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn followers(
     State(app): State<AppState>,
-    Path(user_id): Path<String>,
+    Segment(user_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Answer<Page<UserSummary>> {
     follow_page(&app, &user_id, query, Side::Followers).await
@@ -453,8 +498,65 @@ pub(crate) async fn followers(
     responses((status = 200, body = Page<UserSummary>), (status = 400, description = "Malformed id, limit, cursor or position (`validation_failed`, `invalid_cursor`, `invalid_position`)", body = ProblemBody, content_type = "application/problem+json"), (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"), (status = 503, description = "Read models behind `min_position`, or the database unavailable (`stale_read`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn following(
     State(app): State<AppState>,
-    Path(user_id): Path<String>,
+    Segment(user_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Answer<Page<UserSummary>> {
     follow_page(&app, &user_id, query, Side::Following).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_from_before_the_earliest_timestamp_are_invalid() {
+        let at = |micros| Cursor {
+            at: DateTime::from_timestamp_micros(micros).expect("in chrono's range"),
+            id: Uuid::nil(),
+        };
+        assert!(storable(at(EARLIEST_MICROS)).is_ok());
+        assert!(storable(Cursor::start()).is_ok());
+        assert!(storable(at(0)).is_ok());
+        let problem = storable(at(EARLIEST_MICROS - 1)).expect_err("too early");
+        assert_eq!(problem.code(), "invalid_cursor");
+        assert_eq!(problem.status(), StatusCode::BAD_REQUEST);
+        let forged = Cursor::decode(&at(-8_000_000_000_000_000_000).encode()).expect("decodes");
+        assert!(storable(forged).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_path_segment_that_is_not_utf8_is_a_problem_document() {
+        async fn echo(Segment(value): Segment) -> String {
+            value
+        }
+        let app = axum::Router::new().route("/things/{id}", axum::routing::get(echo));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let get = |path: &'static str| {
+            tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Write};
+                let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+                write!(
+                    stream,
+                    "GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+                )
+                .expect("write");
+                let mut response = String::new();
+                stream.read_to_string(&mut response).expect("read");
+                response
+            })
+        };
+        let bad = get("/things/%FF").await.expect("join");
+        assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+        assert!(bad.contains("application/problem+json"), "{bad}");
+        assert!(bad.contains("\"validation_failed\""), "{bad}");
+        let good = get("/things/a%20b").await.expect("join");
+        assert!(
+            good.starts_with("HTTP/1.1 200") && good.ends_with("a b"),
+            "{good}"
+        );
+    }
 }

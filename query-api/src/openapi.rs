@@ -2,7 +2,7 @@
 //! served at `/openapi.json`.
 
 use chronicle_infra::problem::ProblemBody;
-use utoipa::OpenApi;
+use utoipa::{Modify, OpenApi};
 
 use crate::handlers;
 
@@ -26,12 +26,23 @@ use crate::handlers;
         handlers::likes,
     ),
     components(schemas(ProblemBody)),
+    modifiers(&SharedProblems),
     tags(
         (name = "users", description = "Profiles and follow lists"),
         (name = "posts", description = "Posts, feeds and likes"),
     )
 )]
 struct ApiDoc;
+
+/// The problems every route can answer because of the layers all routes share (the rate limit
+/// per address, the request timeout, the body limit).
+struct SharedProblems;
+
+impl Modify for SharedProblems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        chronicle_infra::problem::document_shared_problems(openapi);
+    }
+}
 
 /// The query API's OpenAPI document.
 pub fn document() -> utoipa::openapi::OpenApi {
@@ -54,6 +65,35 @@ mod tests {
         assert_eq!(paths.len(), 9, "{:?}", paths.keys().collect::<Vec<_>>());
         for path in paths.values() {
             assert!(path["get"].is_object());
+        }
+    }
+
+    #[test]
+    fn documents_every_status_a_read_can_answer() {
+        let json = serde_json::to_value(document()).expect("serialises");
+        for (path, item) in json["paths"].as_object().expect("paths") {
+            let responses = &item["get"]["responses"];
+            let mut statuses = vec!["200", "400", "408", "413", "429", "500", "503"];
+            if path.contains('{') {
+                statuses.push("404");
+            }
+            for status in statuses {
+                assert!(
+                    responses[status].is_object(),
+                    "GET {path} does not document {status}"
+                );
+            }
+            for status in ["429", "503"] {
+                assert!(
+                    responses[status]["headers"]["Retry-After"].is_object(),
+                    "GET {path}: {status} without Retry-After"
+                );
+            }
+        }
+        let schemas = &json["components"]["schemas"];
+        for page in ["Page_Post", "Page_UserSummary", "Page_Like"] {
+            let required = schemas[page]["required"].as_array().expect("required");
+            assert!(required.contains(&"next_cursor".into()), "{page}");
         }
     }
 }

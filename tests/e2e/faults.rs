@@ -65,8 +65,20 @@ async fn wait_for_offsets(app: &TestApp, ends: &HashMap<i32, i64>, deadline: Dur
 
 #[tokio::test(flavor = "multi_thread")]
 async fn projector_killed_20_times_while_100k_events_flow_equals_a_clean_replay() {
-    // Arrange: a user whose profile updates probe that a projector is applying events.
-    let app = Arc::new(TestApp::builder().partitions(12).spawn().await);
+    // Arrange: a broker of its own (the shared one would have to serve this load and every
+    // other test's group heartbeats), and a user whose profile updates probe that a projector
+    // is applying events.
+    let name = format!("broker-{}", uuid::Uuid::now_v7().simple());
+    let broker = tokio::task::spawn_blocking(move || PrivateBroker::start(&scratch_dir(), &name))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let app = Arc::new(
+        TestApp::builder()
+            .partitions(12)
+            .broker(&broker.address())
+            .spawn()
+            .await,
+    );
     let mut rng = Rng::from_entropy();
     println!(
         "fault test rng state {:#x}, logs in {}",
