@@ -231,6 +231,10 @@ fn create(
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
         .set("enable.partition.eof", "false")
+        // How long the broker may hold a fetch that found nothing new. Kafka answers as soon as
+        // data arrives, whatever this says; a broker that waits it out (tansu 0.6 does) would
+        // add it to every event's way into the read models.
+        .set("fetch.wait.max.ms", "20")
         .set("statistics.interval.ms", "5000")
         .create_with_context(context)
         .context("failed to create the Kafka consumer")

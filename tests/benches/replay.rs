@@ -17,8 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chronicle_tests::bench::{
-    PARTITIONS, Result, append_to_benchmarks, create_topic, env, spawn, wait_until_projected,
-    with_database,
+    Fixture, PARTITIONS, Result, append_to_benchmarks, spawn, wait_until_projected,
 };
 use futures_util::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -31,24 +30,14 @@ async fn main() -> Result<()> {
         .skip(1)
         .find_map(|arg| arg.replace('_', "").parse().ok())
         .unwrap_or(1_000_000);
-    let brokers = env("KAFKA_BROKERS", "127.0.0.1:9092");
-    let admin_url = env(
-        "CHRONICLE_TEST_DATABASE_URL",
-        "postgres://postgres@127.0.0.1:5432/postgres",
+    let fixture = Fixture::create(&format!("replay ({events} events)")).await?;
+    let (brokers, topic, database_url, id) = (
+        fixture.brokers.clone(),
+        fixture.topic.clone(),
+        fixture.database_url.clone(),
+        fixture.id.clone(),
     );
-    let bin_dir = std::env::var("CHRONICLE_BIN_DIR").map_err(|_| "CHRONICLE_BIN_DIR is not set")?;
-    let id = format!("{:x}", chrono::Utc::now().timestamp_millis());
-    let database = format!("chronicle_bench_{id}");
-    let topic = format!("bench_{id}.events");
-    let database_url = with_database(&admin_url, &database);
-
-    let (admin, connection) = tokio_postgres::connect(&admin_url, NoTls).await?;
-    tokio::spawn(connection);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {database}"))
-        .await?;
-    create_topic(&brokers, &topic).await?;
-    println!("replay benchmark: {events} events, topic {topic}, database {database}");
+    let bin_dir = fixture.bin_dir.clone();
 
     // The log.
     let started = Instant::now();
@@ -152,10 +141,7 @@ async fn main() -> Result<()> {
     append_to_benchmarks(&format!("replay, {events} events"), &table, &summary)?;
 
     drop(db);
-    admin
-        .batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)"))
-        .await?;
-    Ok(())
+    fixture.finish().await
 }
 
 /// Reads every event of the topic with a bare consumer; returns how many.

@@ -7,6 +7,72 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use tokio_postgres::NoTls;
+
+/// A benchmark's own database and topic, and where the service binaries are.
+pub struct Fixture {
+    /// `KAFKA_BROKERS`.
+    pub brokers: String,
+    /// `CHRONICLE_BIN_DIR`: the release binaries.
+    pub bin_dir: String,
+    /// A unique id of this run, in the names below.
+    pub id: String,
+    /// The run's topic, with [`PARTITIONS`] partitions.
+    pub topic: String,
+    /// The run's database (created empty; the projector migrates it).
+    pub database: String,
+    /// Its URL.
+    pub database_url: String,
+    admin: tokio_postgres::Client,
+}
+
+impl Fixture {
+    /// Creates the database and the topic.
+    pub async fn create(what: &str) -> Result<Fixture> {
+        let brokers = env("KAFKA_BROKERS", "127.0.0.1:9092");
+        let admin_url = env(
+            "CHRONICLE_TEST_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        );
+        let bin_dir =
+            std::env::var("CHRONICLE_BIN_DIR").map_err(|_| "CHRONICLE_BIN_DIR is not set")?;
+        let id = format!("{:x}", chrono::Utc::now().timestamp_millis());
+        let database = format!("chronicle_bench_{id}");
+        let topic = format!("bench_{id}.events");
+        let database_url = with_database(&admin_url, &database);
+        let (admin, connection) = tokio_postgres::connect(&admin_url, NoTls).await?;
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .await?;
+        create_topic(&brokers, &topic).await?;
+        println!("{what} benchmark: topic {topic}, database {database}");
+        Ok(Fixture {
+            brokers,
+            bin_dir,
+            id,
+            topic,
+            database,
+            database_url,
+            admin,
+        })
+    }
+
+    /// A connection to the run's database.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let (db, connection) = tokio_postgres::connect(&self.database_url, NoTls).await?;
+        tokio::spawn(connection);
+        Ok(db)
+    }
+
+    /// Drops the run's database.
+    pub async fn finish(self) -> Result<()> {
+        self.admin
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.database))
+            .await?;
+        Ok(())
+    }
+}
 
 /// Errors of a benchmark run: reported, and the run ends.
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
