@@ -2,7 +2,9 @@
 //! append the event, answer with its position.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use chronicle_events::{
@@ -197,6 +199,19 @@ pub(crate) async fn ready(State(app): State<AppState>) -> StatusCode {
     }
 }
 
+/// The scope of a registration's `Idempotency-Key`. Registrations have no user yet, and their
+/// first answer carries a token: a key scoped to everyone would hand that token to anyone who
+/// sends the same key with the same (public) handle, name and bio. Scoped to the client's
+/// address instead, a retry from the client gets its answer and a replay from elsewhere is a
+/// new registration (409 `handle_taken`).
+fn address_scope(ip: IpAddr) -> Uuid {
+    let v6 = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    Uuid::from_bytes(v6.octets())
+}
+
 /// `POST /v1/users`: reserve the handle (atomically, in the write-side table), then append
 /// UserRegistered. Without an Idempotency-Key, a reservation whose event was not appended is
 /// released; with one, it is kept for the retry, which appends the same event.
@@ -212,6 +227,7 @@ pub(crate) async fn ready(State(app): State<AppState>) -> StatusCode {
 )]
 pub(crate) async fn register(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     key: IdempotencyKey,
     JsonBody(request): JsonBody<RegisterRequest>,
 ) -> Answer<Registered> {
@@ -222,7 +238,7 @@ pub(crate) async fn register(
     let user_id = Uuid::now_v7();
 
     let appended = app
-        .append_once(Uuid::nil(), &key, &fingerprint, async || {
+        .append_once(address_scope(peer.ip()), &key, &fingerprint, async || {
             app.reserve_handle(&handle, user_id).await?;
             let event = Event::UserRegistered(UserRegistered {
                 user_id,
@@ -580,6 +596,16 @@ pub(crate) async fn unfollow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_client_address_is_its_own_registration_scope() {
+        let v4 = |s: &str| address_scope(s.parse().expect("an address"));
+        assert_eq!(v4("127.0.0.1"), v4("127.0.0.1"));
+        assert_ne!(v4("127.0.0.1"), v4("127.0.0.2"));
+        // An IPv4 client is the same whether it arrives as IPv4 or IPv4-mapped IPv6.
+        assert_eq!(v4("10.1.2.3"), v4("::ffff:10.1.2.3"));
+        assert_ne!(v4("10.1.2.3"), Uuid::nil());
+    }
 
     #[tokio::test]
     async fn a_path_segment_that_is_not_utf8_is_a_problem_document() {

@@ -564,3 +564,33 @@ async fn metrics_show_latencies_produce_outcomes_pool_usage_and_lag() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_key_replayed_from_another_address_gets_no_token() {
+    // Arrange: a registration with a key, from 127.0.0.1.
+    let app = TestApp::spawn().await;
+    let body = json!({ "handle": "keyed", "display_name": "Keyed" });
+    let register = |client: &reqwest::Client| {
+        client
+            .post(format!("{}/v1/users", app.command_url))
+            .header("Idempotency-Key", "register-once")
+            .json(&body)
+    };
+    let first = app.send(register(&app.client)).await;
+    first.assert_status(201);
+
+    // Act: the same key and the same (public) profile, from the client again and from
+    // another address.
+    let retry = app.send(register(&app.client)).await;
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .expect("a client on 127.0.0.2");
+    let replayed = app.send(register(&elsewhere)).await;
+
+    // Assert: the client gets its first answer; the other address a conflict, and no token.
+    retry.assert_status(201);
+    assert_eq!(retry.str_field("token"), first.str_field("token"));
+    replayed.assert_problem(409, "handle_taken");
+    assert!(replayed.body.get("token").is_none(), "{replayed}");
+}
