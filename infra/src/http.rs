@@ -1,6 +1,6 @@
 //! HTTP plumbing shared by the services: binding and serving with graceful shutdown, the common
 //! middleware (request ids, tracing, panics as problems, metrics, the body limit), and the small
-//! parsers every handler needs (JSON bodies, ids, query strings, positions).
+//! parsers every handler needs (JSON bodies, path segments, ids, query strings, positions).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -217,6 +218,20 @@ pub fn payload_too_large() -> Problem {
     )
 }
 
+/// One path parameter, as text. A segment that is not UTF-8 once percent-decoded is a 400
+/// `validation_failed` problem document, like every other malformed parameter (axum's own
+/// `Path` rejection is plain text).
+pub struct Segment(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Segment, Problem> {
+        let Path(value) = Path::<String>::from_request_parts(parts, state).await?;
+        Ok(Segment(value))
+    }
+}
+
 /// Parses an id from a path segment; anything but a UUID is a 400 naming the parameter.
 pub fn parse_id(name: &str, raw: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(raw).map_err(|_| Problem::bad_parameter(format!("{name} must be a UUID")))
@@ -268,6 +283,42 @@ pub async fn wait_for_positions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_path_segment_that_is_not_utf8_is_a_problem_document() {
+        async fn echo(Segment(value): Segment) -> String {
+            value
+        }
+        let app = axum::Router::new().route("/things/{id}", axum::routing::get(echo));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let get = |path: &'static str| {
+            tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Write};
+                let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+                write!(
+                    stream,
+                    "GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+                )
+                .expect("write");
+                let mut response = String::new();
+                stream.read_to_string(&mut response).expect("read");
+                response
+            })
+        };
+        let bad = get("/things/%FF").await.expect("join");
+        assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+        assert!(bad.contains("application/problem+json"), "{bad}");
+        assert!(bad.contains("\"validation_failed\""), "{bad}");
+        let good = get("/things/a%20b").await.expect("join");
+        assert!(
+            good.starts_with("HTTP/1.1 200") && good.ends_with("a b"),
+            "{good}"
+        );
+    }
 
     #[test]
     fn repeated_min_positions_are_all_read() {

@@ -2,12 +2,11 @@
 //! runs one keyset query against the read models.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use chronicle_infra::Problem;
 use chronicle_infra::http::MinPositions;
-use chronicle_infra::http::{min_positions, parse_id, query_pairs, wait_for_positions};
+use chronicle_infra::http::{Segment, min_positions, parse_id, query_pairs, wait_for_positions};
 use chronicle_infra::problem::ProblemBody;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -23,20 +22,6 @@ const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
 
 type Answer<T> = Result<Json<T>, Problem>;
-
-/// One path parameter, as text. A segment that is not UTF-8 once percent-decoded is a 400
-/// `validation_failed` problem document, like every other malformed parameter (axum's own
-/// `Path` rejection is plain text).
-pub(crate) struct Segment(pub(crate) String);
-
-impl<S: Send + Sync> FromRequestParts<S> for Segment {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Segment, Problem> {
-        let Path(value) = Path::<String>::from_request_parts(parts, state).await?;
-        Ok(Segment(value))
-    }
-}
 
 fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -522,41 +507,5 @@ mod tests {
         assert_eq!(problem.status(), StatusCode::BAD_REQUEST);
         let forged = Cursor::decode(&at(-8_000_000_000_000_000_000).encode()).expect("decodes");
         assert!(storable(forged).is_err());
-    }
-
-    #[tokio::test]
-    async fn a_path_segment_that_is_not_utf8_is_a_problem_document() {
-        async fn echo(Segment(value): Segment) -> String {
-            value
-        }
-        let app = axum::Router::new().route("/things/{id}", axum::routing::get(echo));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let get = |path: &'static str| {
-            tokio::task::spawn_blocking(move || {
-                use std::io::{Read, Write};
-                let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-                write!(
-                    stream,
-                    "GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
-                )
-                .expect("write");
-                let mut response = String::new();
-                stream.read_to_string(&mut response).expect("read");
-                response
-            })
-        };
-        let bad = get("/things/%FF").await.expect("join");
-        assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
-        assert!(bad.contains("application/problem+json"), "{bad}");
-        assert!(bad.contains("\"validation_failed\""), "{bad}");
-        let good = get("/things/a%20b").await.expect("join");
-        assert!(
-            good.starts_with("HTTP/1.1 200") && good.ends_with("a b"),
-            "{good}"
-        );
     }
 }
