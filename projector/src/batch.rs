@@ -184,10 +184,7 @@ impl Partition<'_> {
         let mut candidates: Vec<(&Record, Envelope)> = Vec::with_capacity(records.len());
         let mut dead = 0;
         for record in records {
-            let key = key_of(record);
-            if let Some(key) = key.as_ref().filter(|key| held.contains(*key)) {
-                self.park(&tx, &generation, record, &held_error(key))
-                    .await?;
+            if self.park_if_held(&tx, &generation, record, &held).await? {
                 dead += 1;
                 continue;
             }
@@ -199,7 +196,7 @@ impl Partition<'_> {
                 Ok(envelope) => candidates.push((record, envelope)),
                 Err(err) => {
                     self.park(&tx, &generation, record, &err).await?;
-                    held.extend(key);
+                    held.extend(key_of(record));
                     dead += 1;
                 }
             }
@@ -209,10 +206,7 @@ impl Partition<'_> {
         let mut applied = 0;
         if careful {
             for (record, envelope) in &candidates {
-                let key = key_of(record);
-                if let Some(key) = key.as_ref().filter(|key| held.contains(*key)) {
-                    self.park(&tx, &generation, record, &held_error(key))
-                        .await?;
+                if self.park_if_held(&tx, &generation, record, &held).await? {
                     dead += 1;
                     continue;
                 }
@@ -225,7 +219,7 @@ impl Partition<'_> {
                     Err(err) => {
                         let error = format!("could not apply: {err}");
                         self.park(&tx, &generation, record, &error).await?;
-                        held.extend(key);
+                        held.extend(key_of(record));
                         dead += 1;
                     }
                 }
@@ -287,6 +281,23 @@ impl Partition<'_> {
             .collect())
     }
 
+    /// Parks `record` if its key is held (in `held`) behind a dead letter; whether it did.
+    async fn park_if_held(
+        &self,
+        tx: &Transaction<'_>,
+        generation: &str,
+        record: &Record,
+        held: &HashSet<String>,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let Some(key) = key_of(record).filter(|key| held.contains(key)) else {
+            return Ok(false);
+        };
+        let error =
+            format!("held: an earlier event of key {key} is a dead letter awaiting a decision");
+        self.park(tx, generation, record, &error).await?;
+        Ok(true)
+    }
+
     async fn park(
         &self,
         tx: &Transaction<'_>,
@@ -332,10 +343,6 @@ fn key_of(record: &Record) -> Option<String> {
         .key
         .as_deref()
         .map(|key| String::from_utf8_lossy(key).into_owned())
-}
-
-fn held_error(key: &str) -> String {
-    format!("held: an earlier event of key {key} is a dead letter awaiting a decision")
 }
 
 /// What [`apply_once`] did.
