@@ -12,9 +12,9 @@
 //! request was due, not from when it was sent: a stall counts against every request it delays
 //! (no coordinated omission). Run it with `script/bench stack`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::{Child, Command};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -171,8 +171,7 @@ async fn main() -> Result<()> {
 }
 
 fn free_address() -> Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.to_string())
+    Ok(format!("127.0.0.1:{}", chronicle_tests::free_port()?))
 }
 
 /// A user of the benchmark: id and token.
@@ -444,16 +443,11 @@ impl Stack {
     /// Publishes at a constant rate; each post is read back with its position, and the time
     /// from the 202 to the read's answer is the freshness.
     async fn freshness(&self, users: &[User], rate: u64) -> Result<Latencies> {
-        let total = rate * MEASURE.as_secs();
-        let interval = Duration::from_secs(1) / u32::try_from(rate)?;
-        let start = tokio::time::Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for n in 0..total {
-            tokio::time::sleep_until(start + interval * u32::try_from(n)?).await;
+        let (samples, failures) = open_loop(rate as f64, |n, _due| {
             let user = users[n as usize % users.len()].clone();
             let (http, command, query) =
                 (self.http.clone(), self.command.clone(), self.query.clone());
-            tasks.spawn(async move {
+            async move {
                 let sent = http
                     .post(format!("{command}/v1/posts"))
                     .bearer_auth(&user.token)
@@ -479,45 +473,30 @@ impl Stack {
                     return Err(format!("read: {}", read.status()));
                 }
                 Ok(acknowledged.elapsed().as_secs_f64() * 1000.0)
-            });
-        }
-        let mut samples = Vec::new();
-        let mut failures: std::collections::BTreeMap<String, usize> = Default::default();
-        while let Some(result) = tasks.join_next().await {
-            match result {
-                Ok(Ok(sample)) => samples.push(sample),
-                Ok(Err(failure)) => *failures.entry(failure).or_default() += 1,
-                Err(err) => *failures.entry(err.to_string()).or_default() += 1,
             }
-        }
-        if (samples.len() as u64) < total * 99 / 100 {
+        })
+        .await;
+        let total = samples.0.len() + failures.values().sum::<usize>();
+        if samples.0.len() < total * 99 / 100 {
             return Err(format!(
                 "only {} of {total} posts read back: {failures:?}",
-                samples.len()
+                samples.0.len()
             )
             .into());
         }
-        Ok(Latencies::sorted(samples))
-    }
-
-    /// One read: a profile or a home timeline, alternately.
-    async fn read(&self, user: &User, timeline: bool) -> bool {
-        let path = if timeline {
-            format!("/v1/users/{}/timeline", user.id)
-        } else {
-            format!("/v1/users/{}", user.id)
-        };
-        self.http
-            .get(format!("{}{path}", self.query))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
+        Ok(samples)
     }
 
     async fn read_saturation(&self, users: &[User]) -> Result<f64> {
         let (rate, _) = closed_loop(READ_CLIENTS, |client, n| async move {
             let mut rng = Rng((client as u64) << 32 ^ n ^ 0x94d0_49bb_1331_11eb);
-            self.read(&users[rng.below(users.len())], n % 2 == 0).await
+            read(
+                &self.http,
+                &self.query,
+                &users[rng.below(users.len())],
+                n % 2 == 0,
+            )
+            .await
         })
         .await;
         Ok(rate)
@@ -525,33 +504,19 @@ impl Stack {
 
     /// Reads at a constant `rate`; latencies from when each read was due.
     async fn reads_at(&self, users: &[User], rate: f64) -> Result<Latencies> {
-        let total = (rate * MEASURE.as_secs_f64()) as u64;
-        let interval = Duration::from_secs_f64(1.0 / rate);
-        let start = tokio::time::Instant::now();
-        let stack = Arc::new(Stack {
-            http: self.http.clone(),
-            command: self.command.clone(),
-            query: self.query.clone(),
-            services: Vec::new(),
-        });
-        let mut tasks = tokio::task::JoinSet::new();
-        for n in 0..total {
-            let due = start + interval.mul_f64(n as f64);
-            tokio::time::sleep_until(due).await;
+        let (samples, _) = open_loop(rate, |n, due| {
             let user = users[(n as usize * 7919) % users.len()].clone();
-            let stack = stack.clone();
-            tasks.spawn(async move {
-                let ok = stack.read(&user, n % 2 == 0).await;
-                ok.then(|| due.elapsed().as_secs_f64() * 1000.0)
-            });
-        }
-        let mut samples = Vec::new();
-        while let Some(result) = tasks.join_next().await {
-            if let Ok(Some(sample)) = result {
-                samples.push(sample);
+            let (http, query) = (self.http.clone(), self.query.clone());
+            async move {
+                if read(&http, &query, &user, n % 2 == 0).await {
+                    Ok(due.elapsed().as_secs_f64() * 1000.0)
+                } else {
+                    Err("read failed".to_owned())
+                }
             }
-        }
-        Ok(Latencies::sorted(samples))
+        })
+        .await;
+        Ok(samples)
     }
 }
 
@@ -559,6 +524,48 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// One read of the query API at `query`: a profile, or a home timeline.
+async fn read(http: &reqwest::Client, query: &str, user: &User, timeline: bool) -> bool {
+    let path = if timeline {
+        format!("/v1/users/{}/timeline", user.id)
+    } else {
+        format!("/v1/users/{}", user.id)
+    };
+    http.get(format!("{query}{path}"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Starts `job(n, due)` at `rate` per second for [`MEASURE`], each on the clock whether or not
+/// earlier ones have answered (no coordinated omission). The latencies the jobs measured, and
+/// how often each failure happened.
+async fn open_loop<F, Fut>(rate: f64, job: F) -> (Latencies, BTreeMap<String, usize>)
+where
+    F: Fn(u64, tokio::time::Instant) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<f64, String>> + Send + 'static,
+{
+    let total = (rate * MEASURE.as_secs_f64()) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..total {
+        let due = start + interval.mul_f64(n as f64);
+        tokio::time::sleep_until(due).await;
+        tasks.spawn(job(n, due));
+    }
+    let mut samples = Vec::new();
+    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(Ok(sample)) => samples.push(sample),
+            Ok(Err(failure)) => *failures.entry(failure).or_default() += 1,
+            Err(err) => *failures.entry(err.to_string()).or_default() += 1,
+        }
+    }
+    (Latencies::sorted(samples), failures)
 }
 
 /// Runs `clients` clients, each repeating `step(client, n)` as soon as its last

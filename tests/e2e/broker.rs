@@ -26,10 +26,7 @@ impl PrivateBroker {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|address| address.port())
-            .expect("a free port");
+        let port = chronicle_tests::free_port().expect("a free port");
         let mut broker = PrivateBroker {
             binary,
             dir,

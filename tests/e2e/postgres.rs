@@ -33,10 +33,7 @@ impl PrivatePostgres {
             .arg("-u")
             .output()
             .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|address| address.port())
-            .expect("a free port");
+        let port = chronicle_tests::free_port().expect("a free port");
         let server = PrivatePostgres {
             bindir,
             dir,

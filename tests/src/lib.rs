@@ -7,3 +7,10 @@
 
 pub mod bench;
 pub mod workload;
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now, for a server a test or benchmark
+/// starts (the OS picks it; it stays free unless something else takes it meanwhile).
+pub fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
