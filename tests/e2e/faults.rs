@@ -445,17 +445,17 @@ async fn a_broker_restart_is_503_broker_unavailable_then_every_acknowledged_comm
     let outage = broker_down.elapsed();
     // Recovery by itself: commands are acknowledged again.
     let recovered = Instant::now();
-    loop {
+    let after_outage = loop {
         let resp = app.publish(&writer.token, "after the outage").await;
         if resp.status == 202 {
-            break;
+            break resp.str_field("position");
         }
         assert!(
             recovered.elapsed() < Duration::from_secs(60),
             "command-api did not recover within 60 s of the broker's return: {resp}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
     let recovery = recovered.elapsed();
     stop.store(true, Ordering::SeqCst);
     let (acknowledged, unavailable) = publisher
@@ -464,8 +464,11 @@ async fn a_broker_restart_is_503_broker_unavailable_then_every_acknowledged_comm
 
     // Assert: commands during the outage were refused as such...
     assert!(unavailable > 0, "no command saw the outage");
-    // ...and every acknowledged one is in the read models, once.
-    app.wait_for_within(&acknowledged, Duration::from_secs(90))
+    // ...and every acknowledged one is in the read models, once (the one that saw the
+    // recovery too).
+    let mut positions = acknowledged.clone();
+    positions.push(after_outage);
+    app.wait_for_within(&positions, Duration::from_secs(90))
         .await;
     let profile = app.get_user(&writer.id, &[]).await;
     let posts = profile.u64_field("post_count");
