@@ -171,6 +171,8 @@ impl ConsumerContext for Rebalancer {
 pub(crate) struct ConsumeSettings {
     pub(crate) group: String,
     pub(crate) batch_size: usize,
+    /// librdkafka's `fetch.wait.max.ms`.
+    pub(crate) fetch_wait_ms: u32,
     /// The generation to project into.
     pub(crate) target: Target,
 }
@@ -232,9 +234,9 @@ fn create(
         .set("heartbeat.interval.ms", "1000")
         .set("enable.partition.eof", "false")
         // How long the broker may hold a fetch that found nothing new. Kafka answers as soon as
-        // data arrives, whatever this says; a broker that waits it out (tansu 0.6 does) would
-        // add it to every event's way into the read models.
-        .set("fetch.wait.max.ms", "20")
+        // data arrives, whatever this says; a broker that waits it out (tansu 0.6 does) adds
+        // it to every event's way into the read models.
+        .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
         .set("statistics.interval.ms", "5000")
         .create_with_context(context)
         .context("failed to create the Kafka consumer")

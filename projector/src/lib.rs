@@ -174,6 +174,20 @@ impl Config {
         migrate(&pool, SCHEMA, MIGRATIONS, Duration::from_secs(10)).await?;
         Ok(pool)
     }
+
+    /// How a consumer in `group` reads the log and where it projects to.
+    pub(crate) fn consume_settings(
+        &self,
+        group: String,
+        target: generation::Target,
+    ) -> ConsumeSettings {
+        ConsumeSettings {
+            group,
+            batch_size: self.batch_size as usize,
+            fetch_wait_ms: self.fetch_wait_ms,
+            target,
+        }
+    }
 }
 
 /// Configuration of the projector, from the environment (or flags).
@@ -198,6 +212,14 @@ pub struct Config {
     #[arg(long = "batch-size", env = "CHRONICLE_PROJECTOR_BATCH", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
+    /// `CHRONICLE_PROJECTOR_FETCH_WAIT_MS`: longest time the broker may hold a fetch that found
+    /// no new events (librdkafka's `fetch.wait.max.ms`; default 20). Kafka and Redpanda answer
+    /// as soon as an event arrives, so there it only sets how often an idle projector asks;
+    /// a broker that always waits it out (tansu 0.6) adds it to every event's way into the
+    /// read models.
+    #[arg(long = "fetch-wait-ms", env = "CHRONICLE_PROJECTOR_FETCH_WAIT_MS", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(0..=300_000))]
+    pub fetch_wait_ms: u32,
     /// `CHRONICLE_LOG_FORMAT`: `text` (default) or `json`.
     #[arg(
         long = "log-format",
@@ -238,11 +260,7 @@ impl Projector {
         chronicle_infra::db::report_pool_usage(&pool, "projector");
         migrate(&pool, SCHEMA, MIGRATIONS, Duration::from_secs(30)).await?;
         config.kafka.ensure_topic(Duration::from_secs(60)).await?;
-        let settings = ConsumeSettings {
-            group: config.group.clone(),
-            batch_size: config.batch_size as usize,
-            target: generation::Target::Active,
-        };
+        let settings = config.consume_settings(config.group.clone(), generation::Target::Active);
         let consumer = consumer::subscribe(&config.kafka, &settings, pool.clone())?;
         let server = Server::bind("projector", config.addr).await?;
         let health = Health {
@@ -280,11 +298,9 @@ impl Projector {
         let http = tokio::spawn(self.server.serve(self.router, async {
             let _ = http_stopped.await;
         }));
-        let settings = ConsumeSettings {
-            group: self.config.group.clone(),
-            batch_size: self.config.batch_size as usize,
-            target: generation::Target::Active,
-        };
+        let settings = self
+            .config
+            .consume_settings(self.config.group.clone(), generation::Target::Active);
         consumer::consume(
             Arc::clone(&self.consumer),
             self.pool,

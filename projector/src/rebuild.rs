@@ -21,7 +21,7 @@ use deadpool_postgres::{GenericClient, Pool};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_postgres::NoTls;
 
-use crate::consumer::{self, ConsumeSettings};
+use crate::consumer;
 use crate::generation::{self, PROJECTION_VERSION, REBUILD_LOCK, Target};
 use crate::{Config, verify};
 
@@ -69,11 +69,10 @@ pub async fn rebuild(config: &Config, accept_diff: bool) -> anyhow::Result<()> {
         .await?;
     tracing::info!(generation = %name, partitions, "rebuilding the read models from offset 0");
 
-    let settings = ConsumeSettings {
-        group: format!("chronicle-rebuild-{name}"),
-        batch_size: config.batch_size as usize,
-        target: Target::Building(name.clone()),
-    };
+    let settings = config.consume_settings(
+        format!("chronicle-rebuild-{name}"),
+        Target::Building(name.clone()),
+    );
     let events = consumer::assign_all(&config.kafka, &settings, pool.clone(), &start)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut consuming = Some((

@@ -313,15 +313,45 @@ fn post_key(row: &Row) -> Cursor {
     }
 }
 
-async fn post_page(read: &Read<'_>, filter: &str, user: Option<&Uuid>) -> Answer<Page<Post>> {
-    let sql = format!("{POSTS} {filter} {POSTS_PAGE}");
+/// The home timeline of `$4`: the newest page of the user's own posts and of each followee's,
+/// each an index scan of `posts_by_author`, merged, and the newest page of those. It reads at
+/// most (followees + 1) pages of rows however many posts there are; filtering the global
+/// `posts_feed` by author instead reads every newer post of everyone (2,962 rows for 20 in a
+/// 3,000-post test, 1.9 ms against 0.6 ms).
+const TIMELINE: &str = "SELECT p.post_id, p.body, p.published_at, p.like_count,
+        u.user_id, u.handle, u.display_name, p.reply_to, coalesce(c.reply_count, 0)
+    FROM (SELECT $4::uuid AS author_id
+          UNION SELECT followee_id FROM {s}.follows WHERE follower_id = $4) a
+    CROSS JOIN LATERAL (
+        SELECT * FROM {s}.posts p
+        WHERE p.author_id = a.author_id AND p.deleted_at IS NULL
+          AND (p.published_at, p.post_id) < ($1, $2)
+        ORDER BY p.published_at DESC, p.post_id DESC LIMIT $3) p
+    JOIN {s}.users u ON u.user_id = p.author_id
+    LEFT JOIN {s}.post_counters c ON c.post_id = p.post_id
+    ORDER BY p.published_at DESC, p.post_id DESC LIMIT $3";
+
+/// A page of posts: `sql` takes the cursor as `$1, $2`, the rows to fetch as `$3` and `user`,
+/// if any, as `$4`.
+async fn post_page(read: &Read<'_>, sql: &str, user: Option<&Uuid>) -> Answer<Page<Post>> {
     let fetch = read.limit + 1;
     let mut args: Vec<&(dyn ToSql + Sync)> = vec![&read.cursor.at, &read.cursor.id, &fetch];
     if let Some(user) = user {
         args.push(user);
     }
-    let rows = read.query(&sql, &args).await?;
+    let rows = read.query(sql, &args).await?;
     Ok(Json(page(rows, read.limit, post_key, post_from)))
+}
+
+/// A page of posts about one user (`$4`): 404 `user_not_found` when there is no such user.
+/// Posts name their author, and only a user follows, so a page with posts proves the user
+/// exists; only an empty page costs a second statement to tell "no posts" from "no user".
+async fn user_post_page(read: &Read<'_>, sql: &str, user_id: Uuid) -> Answer<Page<Post>> {
+    let page = post_page(read, sql, Some(&user_id)).await?;
+    if page.items.is_empty() {
+        read.require_user(user_id).await?;
+    }
+    Ok(page)
 }
 
 /// `GET /v1/feed`: every post, newest first.
@@ -332,7 +362,7 @@ pub(crate) async fn global_feed(
     RawQuery(query): RawQuery,
 ) -> Answer<Page<Post>> {
     let read = app.read(query).await?;
-    post_page(&read, "", None).await
+    post_page(&read, &format!("{POSTS} {POSTS_PAGE}"), None).await
 }
 
 /// `GET /v1/users/{user_id}/posts`: the author feed.
@@ -345,8 +375,8 @@ pub(crate) async fn author_feed(
 ) -> Answer<Page<Post>> {
     let user_id = parse_id("user_id", &user_id)?;
     let read = app.read(query).await?;
-    read.require_user(user_id).await?;
-    post_page(&read, "AND p.author_id = $4", Some(&user_id)).await
+    let sql = format!("{POSTS} AND p.author_id = $4 {POSTS_PAGE}");
+    user_post_page(&read, &sql, user_id).await
 }
 
 /// `GET /v1/users/{user_id}/timeline`: posts by the user and everyone they follow.
@@ -359,10 +389,7 @@ pub(crate) async fn timeline(
 ) -> Answer<Page<Post>> {
     let user_id = parse_id("user_id", &user_id)?;
     let read = app.read(query).await?;
-    read.require_user(user_id).await?;
-    let filter = "AND (p.author_id = $4 OR p.author_id IN (
-        SELECT followee_id FROM {s}.follows WHERE follower_id = $4))";
-    post_page(&read, filter, Some(&user_id)).await
+    user_post_page(&read, TIMELINE, user_id).await
 }
 
 /// `GET /v1/posts/{post_id}`.
@@ -449,7 +476,6 @@ async fn follow_page(
 ) -> Answer<Page<UserSummary>> {
     let user_id = parse_id("user_id", user_id)?;
     let read = app.read(query).await?;
-    read.require_user(user_id).await?;
     let (listed, owner) = match side {
         Side::Followers => ("follower_id", "followee_id"),
         Side::Following => ("followee_id", "follower_id"),
@@ -464,6 +490,10 @@ async fn follow_page(
     let rows = read
         .query(&sql, &[&user_id, &read.cursor.at, &read.cursor.id, &fetch])
         .await?;
+    // A follow names both users: only an empty page needs to ask whether the user exists.
+    if rows.is_empty() {
+        read.require_user(user_id).await?;
+    }
     Ok(Json(page(rows, read.limit, summary_key, summary_from)))
 }
 

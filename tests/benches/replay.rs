@@ -12,12 +12,11 @@
 //! BENCHMARKS.md. Run it with `script/bench replay [N]` (default 1,000,000).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chronicle_tests::bench::{
-    Fixture, PARTITIONS, Result, append_to_benchmarks, spawn, wait_until_projected,
+    Fixture, Measure, PARTITIONS, Result, report, spawn, wait_until_projected,
 };
 use futures_util::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -58,13 +57,19 @@ async fn main() -> Result<()> {
     ];
     let projector = format!("{bin_dir}/projector");
 
-    // The live projector catches up (it must: a rebuild never gets ahead of it).
+    // The live projector catches up (it must: a rebuild never gets ahead of it). Its rate is
+    // taken from its first committed batch to its last: start-up, migrations and joining the
+    // consumer group (tansu holds a joining member about 3 s) are not applying events.
     let started = Instant::now();
     let mut live = spawn(&projector, &[], &service_env)?;
     let (db, connection) = tokio_postgres::connect(&database_url, NoTls).await?;
     tokio::spawn(connection);
+    let first = wait_until_projected(&db, 1).await?;
+    let applying = Instant::now();
+    let startup_secs = started.elapsed().as_secs_f64();
     wait_until_projected(&db, produced as i64).await?;
-    let live_secs = started.elapsed().as_secs_f64();
+    let live_secs = applying.elapsed().as_secs_f64();
+    let live_rate = (produced as f64 - first as f64) / live_secs;
 
     // Baseline 1: the same events read by a bare consumer.
     let started = Instant::now();
@@ -98,47 +103,37 @@ async fn main() -> Result<()> {
     let (rows, copy_secs) = copy_rows(&db, "read_g2").await?;
 
     let rate = |secs: f64| produced as f64 / secs;
-    let slower_baseline = rate(consume_secs).min(rate(copy_secs));
+    let (consumer_rate, copy_rate, rebuild_rate) =
+        (rate(consume_secs), rate(copy_secs), rate(rebuild_secs));
     let measures = [
-        (
-            "bare consumer: read every event from the broker",
-            consume_secs,
+        Measure {
+            name: "projector rebuild (whole command, verify included), vs the slower of a bare consumer and COPY",
+            value: rebuild_rate,
+            baseline: Some(consumer_rate.min(copy_rate)),
+            unit: "events/s",
+            goal: ">= 0.8",
+        },
+        Measure {
+            name: "projector, live: events/s applied, vs binary COPY of the same rows",
+            value: live_rate,
+            baseline: Some(copy_rate),
+            unit: "events/s",
+            goal: ">= 0.5",
+        },
+    ];
+    let notes = [
+        format!(
+            "{events} events ({rows} rows in the read models), {PARTITIONS} partitions; produced in {produce_secs:.1} s"
         ),
-        ("binary COPY: write the resulting rows", copy_secs),
-        (
-            "projector rebuild (whole command, verify included)",
-            rebuild_secs,
+        format!(
+            "bare consumer (every event read from the broker): {consume_secs:.1} s, {consumer_rate:.0} events/s; binary COPY of the rows the rebuild wrote, into empty tables with their indexes: {copy_secs:.1} s, {copy_rate:.0} events/s"
         ),
-        (
-            "live projector catching up (start-up and group join included)",
-            live_secs,
+        format!(
+            "projector rebuild: {rebuild_secs:.1} s; live projector: first batch committed {startup_secs:.1} s after start (not counted), then {} events in {live_secs:.1} s",
+            produced as i64 - first
         ),
     ];
-    let mut table = String::new();
-    writeln!(
-        table,
-        "| measure | seconds | events/s | ratio to the slower baseline |"
-    )?;
-    writeln!(table, "|---|---:|---:|---:|")?;
-    for (name, secs) in measures {
-        writeln!(
-            table,
-            "| {name} | {secs:.1} | {:.0} | {:.2} |",
-            rate(secs),
-            rate(secs) / slower_baseline
-        )?;
-    }
-    let summary = format!(
-        "{events} events ({rows} rows in the read models), {PARTITIONS} partitions; produced in \
-         {produce_secs:.1} s. Goal: rebuild >= 0.8 of the slower baseline: {}.",
-        if rate(rebuild_secs) >= 0.8 * slower_baseline {
-            "met"
-        } else {
-            "NOT met"
-        }
-    );
-    println!("\n{table}\n{summary}");
-    append_to_benchmarks(&format!("replay, {events} events"), &table, &summary)?;
+    report(&format!("replay, {events} events"), &measures, &notes)?;
 
     drop(db);
     fixture.finish().await

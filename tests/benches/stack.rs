@@ -3,25 +3,30 @@
 //!
 //! - command ingest at saturation (2xx commands/s), next to a bare rdkafka producer sending the
 //!   same events to the same broker with the same acks;
+//! - freshness at 1,000 commands/s (or half the broker's saturation rate, where that is lower):
+//!   from a command's 202 to its post being readable, next to the broker alone (a bare producer
+//!   to a bare consumer with the projector's fetch settings);
 //! - reads at saturation (profile and home timeline), next to pgbench running the same SQL, and
-//!   their latency at half that rate;
-//! - freshness at 1,000 commands/s: from a command's 202 to its post being readable;
+//!   their latency at half that rate, next to pgbench's at the same rate;
 //! - peak memory (VmHWM) of each service.
 //!
 //! Load at a set rate is scheduled on a clock, and each latency is measured from the moment its
 //! request was due, not from when it was sent: a stall counts against every request it delays
-//! (no coordinated omission). Run it with `script/bench stack`.
+//! (no coordinated omission). The CPU each part of the machine used during the latency measures
+//! is in the notes: on two shared cores it says which part bounds them. Run it with
+//! `script/bench stack`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chronicle_events::{Envelope, Event, PostLiked};
 use chronicle_tests::bench::{
-    Fixture, PARTITIONS, Result, append_to_benchmarks, env, spawn, wait_until_projected,
+    CpuUse, Fixture, Measure, PARTITIONS, Result, broker_freshness, create_topic, env, report,
+    spawn, wait_until_projected,
 };
+use chronicle_tests::workload::{Rng, Zipf};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
@@ -35,20 +40,19 @@ const READ_CLIENTS: usize = 32;
 const MEASURE: Duration = Duration::from_secs(10);
 const FRESHNESS_RATE: u64 = 1_000;
 
-/// One measured line: what, Chronicle's figure, the baseline's, and the unit.
-struct Measure {
-    name: &'static str,
-    value: f64,
-    baseline: Option<f64>,
-    unit: &'static str,
-    goal: &'static str,
-}
-
 struct Stack {
     http: reqwest::Client,
     command: String,
     query: String,
     services: Vec<(&'static str, Child)>,
+}
+
+/// The projector's `fetch.wait.max.ms` in this run: `CHRONICLE_PROJECTOR_FETCH_WAIT_MS`, or
+/// the benchmark's default, handed to the projector so that both sides use the same.
+fn fetch_wait_ms() -> u32 {
+    env("CHRONICLE_PROJECTOR_FETCH_WAIT_MS", "20")
+        .parse()
+        .unwrap_or(20)
 }
 
 /// The population: `CHRONICLE_BENCH_USERS` users (default 2,000).
@@ -93,66 +97,112 @@ async fn main() -> Result<()> {
         goal: ">= 0.8",
     });
     notes.push(format!(
-        "ingest: {SATURATION_CLIENTS} clients for {} s (60% likes, 25% posts, 15% follows); command latency {}; bare producer: {SATURATION_CLIENTS} sends in flight of likes to the same topic, acks=all, idempotent, linger.ms=2",
+        "ingest: {SATURATION_CLIENTS} clients for {} s (50% likes and 10% unlikes of Zipf-popular posts, 25% posts, 15% follows); command latency {}; bare producer: {SATURATION_CLIENTS} sends in flight of likes to the same topic, acks=all, idempotent, linger.ms=2",
         MEASURE.as_secs(),
         ingest.latency
     ));
 
     // 2. Freshness at 1,000 commands/s, or at half the saturation rate where the broker cannot
     //    take 1,000 (a backlog of unanswered commands would measure the queue, not freshness).
+    //    Its floor, the broker alone, is measured at the end, once the services are stopped.
     let rate = FRESHNESS_RATE.min((ingest.rate / 2.0) as u64).max(1);
+    let before = stack.cpu();
     let freshness = stack.freshness(&users, rate).await?;
+    let freshness_cpu = stack.cpu().since(&before);
     println!("freshness at {rate}/s: {}", freshness.summary());
+
+    // 3. Reads at saturation, next to pgbench; latency at half the rate, next to pgbench's at
+    //    the same rate.
+    let reads = stack.read_saturation(&users).await?;
+    let pgbench = Pgbench::prepare(&fixture.database_url, &db, &users).await?;
+    let pgbench_reads = pgbench.saturation()?;
+    let half = (reads / 2.0).max(1.0);
+    let before = stack.cpu();
+    let latency = stack.reads_at(&users, half).await?;
+    let latency_cpu = stack.cpu().since(&before);
+    let before = stack.cpu();
+    let pgbench_latency = pgbench.at(half)?;
+    let pgbench_cpu = stack.cpu().since(&before);
+    drop(pgbench);
+    println!(
+        "reads: {reads:.0}/s (pgbench {pgbench_reads:.0}/s); at {half:.0}/s {} (pgbench {})",
+        latency.summary(),
+        pgbench_latency.summary()
+    );
+
+    // 4. Peak memory of each service, then the services stop.
+    let peaks: Vec<(&str, f64)> = stack
+        .services
+        .iter()
+        .map(|(name, child)| (*name, peak_rss_mib(child.id())))
+        .collect();
+    stack.stop();
+
+    // The broker alone at the freshness rate: a send's acknowledgement to a consumer with the
+    // projector's fetch settings, with nothing else running.
+    let floor_topic = format!("{}.freshness", fixture.topic);
+    create_topic(&fixture.brokers, &floor_topic).await?;
+    let floor = Latencies::sorted(
+        broker_freshness(
+            &fixture.brokers,
+            &floor_topic,
+            rate as f64,
+            MEASURE,
+            fetch_wait_ms(),
+        )
+        .await?,
+    );
+    println!("the broker alone at {rate}/s: {}", floor.summary());
+
     measures.push(Measure {
-        name: "freshness: 202 -> readable, p50",
+        name: "freshness: 202 -> readable, p50 (baseline: the broker alone)",
         value: freshness.p(0.5),
-        baseline: None,
+        baseline: Some(floor.p(0.5)),
         unit: "ms",
         goal: "<= 10 ms",
     });
     measures.push(Measure {
-        name: "freshness: 202 -> readable, p99",
+        name: "freshness: 202 -> readable, p99 (baseline: the broker alone)",
         value: freshness.p(0.99),
-        baseline: None,
+        baseline: Some(floor.p(0.99)),
         unit: "ms",
         goal: "<= 50 ms",
     });
     notes.push(format!(
-        "freshness: {rate} publishes/s (goal's rate {FRESHNESS_RATE}/s) for {} s, each read back with its position: {}",
+        "freshness: {rate} publishes/s (the goal's rate is {FRESHNESS_RATE}/s) for {} s, each \
+         read back with its position: {}; CPU meanwhile: {freshness_cpu}. The broker alone at \
+         the same rate, services stopped (bare producer, acks=all, to a bare consumer with the \
+         projector's fetch.wait.max.ms={}): {}",
         MEASURE.as_secs(),
-        freshness.summary()
+        freshness.summary(),
+        fetch_wait_ms(),
+        floor.summary()
     ));
-
-    // 3. Reads at saturation, next to pgbench; latency at half the rate.
-    let reads = stack.read_saturation(&users).await?;
-    let pgbench = pgbench(&fixture.database_url, &db, &users).await?;
     measures.push(Measure {
         name: "reads at saturation (profile + home timeline, reads/s)",
         value: reads,
-        baseline: Some(pgbench),
+        baseline: Some(pgbench_reads),
         unit: "reads/s",
         goal: ">= 0.6",
     });
-    let half = (reads / 2.0).max(1.0);
-    let latency = stack.reads_at(&users, half).await?;
     measures.push(Measure {
-        name: "read latency at half that rate, p99",
+        name: "read latency at half that rate, p99 (baseline: pgbench at the same rate)",
         value: latency.p(0.99),
-        baseline: None,
+        baseline: Some(pgbench_latency.p(0.99)),
         unit: "ms",
         goal: "<= 5 ms",
     });
     notes.push(format!(
-        "reads: {READ_CLIENTS} clients; pgbench runs the same statements (profile; the user \
-         check and the timeline page), {READ_CLIENTS} clients, prepared; at {half:.0} reads/s: {}",
-        latency.summary()
+        "reads: {READ_CLIENTS} clients, half profiles, half home timelines; pgbench runs the \
+         same statements, one read per transaction, {READ_CLIENTS} clients, prepared. At \
+         {half:.0} reads/s: query API {}, CPU meanwhile: {latency_cpu}; pgbench (Poisson \
+         arrivals) {}, CPU meanwhile: {pgbench_cpu}",
+        latency.summary(),
+        pgbench_latency.summary()
     ));
-
-    // 4. Peak memory of each service.
-    for (name, child) in &stack.services {
-        let peak = peak_rss_mib(child.id());
+    for (name, peak) in peaks {
         measures.push(Measure {
-            name: match *name {
+            name: match name {
                 "command-api" => "peak RSS: command-api",
                 "query-api" => "peak RSS: query-api",
                 _ => "peak RSS: projector",
@@ -163,9 +213,8 @@ async fn main() -> Result<()> {
             goal: "<= 64 MiB",
         });
     }
-    stack.stop();
 
-    report(&measures, &notes)?;
+    report("stack", &measures, &notes)?;
     drop(db);
     fixture.finish().await
 }
@@ -216,17 +265,6 @@ struct Ingest {
 }
 
 /// A tiny deterministic generator for picking users and operations.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
-
 impl Stack {
     async fn start(fixture: &Fixture) -> Result<Stack> {
         let command = free_address()?;
@@ -246,6 +284,10 @@ impl Stack {
             (
                 "CHRONICLE_JWT_SECRET",
                 "bench-secret-bench-secret-bench-secret-0123".to_owned(),
+            ),
+            (
+                "CHRONICLE_PROJECTOR_FETCH_WAIT_MS",
+                fetch_wait_ms().to_string(),
             ),
             ("CHRONICLE_RATE_LIMIT_PER_ADDRESS", "0".to_owned()),
             ("CHRONICLE_RATE_LIMIT_PER_USER", "0".to_owned()),
@@ -293,6 +335,16 @@ impl Stack {
             }
         }
         Ok(stack)
+    }
+
+    /// CPU used so far by each service and the rest of the machine.
+    fn cpu(&self) -> CpuUse {
+        let named: Vec<(&str, u32)> = self
+            .services
+            .iter()
+            .map(|(name, child)| (*name, child.id()))
+            .collect();
+        CpuUse::now(&named)
     }
 
     /// Stops the services (SIGTERM, then waits); a benchmark that fails stops them too.
@@ -404,18 +456,27 @@ impl Stack {
         Ok(users.clone())
     }
 
-    /// Closed-loop clients sending likes, publishes and follows as fast as answers come.
+    /// Closed-loop clients sending likes, unlikes, publishes and follows as fast as answers
+    /// come. Likes and unlikes go to the posts of Zipf-distributed users: a few popular posts
+    /// get most of them.
     async fn ingest(&self, users: &[User]) -> Result<Ingest> {
+        let popularity = &Zipf::new(users.len());
         let (rate, latencies) = closed_loop(SATURATION_CLIENTS, |client, n| async move {
             let mut rng = Rng((client as u64) << 32 ^ n ^ 0x2545_f491_4f6c_dd1d);
             let me = rng.below(users.len());
             let user = &users[me];
             // Anyone but the user (following oneself is refused).
             let other = &users[(me + 1 + rng.below(users.len() - 1)) % users.len()];
+            let liked = &users[popularity.sample(&mut rng, users.len())];
             let (method, path, body) = match rng.below(100) {
-                0..60 => (
+                0..50 => (
                     reqwest::Method::PUT,
-                    format!("/v1/posts/{}/like", other.post),
+                    format!("/v1/posts/{}/like", liked.post),
+                    None,
+                ),
+                50..60 => (
+                    reqwest::Method::DELETE,
+                    format!("/v1/posts/{}/like", liked.post),
                     None,
                 ),
                 60..85 => (
@@ -469,8 +530,10 @@ impl Stack {
                     .send()
                     .await
                     .map_err(|err| format!("read: {err}"))?;
-                if !read.status().is_success() {
-                    return Err(format!("read: {}", read.status()));
+                let status = read.status();
+                let body = read.bytes().await.map_err(|err| format!("read: {err}"))?;
+                if !status.is_success() {
+                    return Err(format!("read: {status} {}", String::from_utf8_lossy(&body)));
                 }
                 Ok(acknowledged.elapsed().as_secs_f64() * 1000.0)
             }
@@ -533,10 +596,12 @@ async fn read(http: &reqwest::Client, query: &str, user: &User, timeline: bool) 
     } else {
         format!("/v1/users/{}", user.id)
     };
-    http.get(format!("{query}{path}"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
+    // The whole answer is read, as a client would: that also frees the connection for the
+    // next read (one dropped unread is closed, and the next read pays for a new one).
+    match http.get(format!("{query}{path}")).send().await {
+        Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+        Err(_) => false,
+    }
 }
 
 /// Starts `job(n, due)` at `rate` per second for [`MEASURE`], each on the clock whether or not
@@ -652,59 +717,133 @@ async fn bare_producer(brokers: &str, topic: &str) -> Result<f64> {
     Ok(rate)
 }
 
-/// The baseline of reads: pgbench running the query API's statements for a random user, with
-/// as many clients; reads/s (each transaction is one profile read and one timeline read).
-async fn pgbench(database_url: &str, db: &tokio_postgres::Client, users: &[User]) -> Result<f64> {
-    db.batch_execute("CREATE TABLE public.bench_users (n int PRIMARY KEY, user_id uuid NOT NULL)")
-        .await?;
-    for (n, user) in users.iter().enumerate() {
-        db.execute(
-            "INSERT INTO public.bench_users VALUES ($1, $2::text::uuid)",
-            &[&i32::try_from(n + 1)?, &user.id],
+/// The baseline of reads: pgbench running the query API's statements, one read per
+/// transaction (profiles and home timelines, half each, of a random user), as many clients,
+/// prepared.
+struct Pgbench {
+    database_url: String,
+    scripts: Vec<std::path::PathBuf>,
+}
+
+impl Pgbench {
+    /// Writes the scripts; a table maps pgbench's random numbers to the users' ids, looked up
+    /// inside each statement (an index probe, not a round trip).
+    async fn prepare(
+        database_url: &str,
+        db: &tokio_postgres::Client,
+        users: &[User],
+    ) -> Result<Pgbench> {
+        db.batch_execute(
+            "CREATE TABLE public.bench_users (n int PRIMARY KEY, user_id uuid NOT NULL)",
         )
         .await?;
-    }
-    let schema: String = db
-        .query_one(
-            "SELECT 'read_' || name FROM projection.generations WHERE state = 'active'",
-            &[],
-        )
-        .await?
-        .get(0);
-    let script = format!(
-        "\\set n random(1, {users})
-SELECT user_id AS id FROM public.bench_users WHERE n = :n \\gset
-SELECT u.user_id, u.handle, u.display_name, u.bio, u.joined_at, coalesce(c.post_count, 0), coalesce(c.follower_count, 0), coalesce(c.following_count, 0), coalesce(c.likes_received, 0), coalesce(c.likes_given, 0) FROM {schema}.users u LEFT JOIN {schema}.user_counters c ON c.user_id = u.user_id WHERE u.user_id = :id;
-SELECT 1 FROM {schema}.users WHERE user_id = :id;
-SELECT p.post_id, p.body, p.published_at, p.like_count, u.user_id, u.handle, u.display_name, p.reply_to, coalesce(c.reply_count, 0) FROM {schema}.posts p JOIN {schema}.users u ON u.user_id = p.author_id LEFT JOIN {schema}.post_counters c ON c.post_id = p.post_id WHERE p.deleted_at IS NULL AND (p.author_id = :id OR p.author_id IN (SELECT followee_id FROM {schema}.follows WHERE follower_id = :id)) AND (p.published_at, p.post_id) < ('infinity'::timestamptz, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid) ORDER BY p.published_at DESC, p.post_id DESC LIMIT 21;
-",
-        users = users.len()
-    );
-    let path = std::env::temp_dir().join(format!("chronicle-pgbench-{}.sql", std::process::id()));
-    std::fs::write(&path, script)?;
-    let output = Command::new("pgbench")
-        .args(["-n", "-M", "prepared", "-j", "2"])
-        .args(["-c", &READ_CLIENTS.to_string()])
-        .args(["-T", &MEASURE.as_secs().to_string()])
-        .arg("-f")
-        .arg(&path)
-        .arg(database_url)
-        .output()?;
-    let _ = std::fs::remove_file(&path);
-    let text = String::from_utf8_lossy(&output.stdout);
-    let tps = text
-        .lines()
-        .find(|line| line.starts_with("tps = "))
-        .and_then(|line| line.trim_start_matches("tps = ").split_whitespace().next())
-        .and_then(|tps| tps.parse::<f64>().ok())
-        .ok_or_else(|| {
-            format!(
-                "pgbench failed: {}{}",
-                text,
-                String::from_utf8_lossy(&output.stderr)
+        for (n, user) in users.iter().enumerate() {
+            db.execute(
+                "INSERT INTO public.bench_users VALUES ($1, $2::text::uuid)",
+                &[&i32::try_from(n + 1)?, &user.id],
             )
-        })?;
-    Ok(tps * 2.0)
+            .await?;
+        }
+        let schema: String = db
+            .query_one(
+                "SELECT 'read_' || name FROM projection.generations WHERE state = 'active'",
+                &[],
+            )
+            .await?
+            .get(0);
+        let pick = format!("\\set n random(1, {})\n", users.len());
+        let id = "(SELECT user_id FROM public.bench_users WHERE n = :n)";
+        let profile = format!(
+            "{pick}SELECT u.user_id, u.handle, u.display_name, u.bio, u.joined_at, coalesce(c.post_count, 0), coalesce(c.follower_count, 0), coalesce(c.following_count, 0), coalesce(c.likes_received, 0), coalesce(c.likes_given, 0) FROM {schema}.users u LEFT JOIN {schema}.user_counters c ON c.user_id = u.user_id WHERE u.user_id = {id};\n"
+        );
+        let timeline = format!(
+            "{pick}SELECT p.post_id, p.body, p.published_at, p.like_count, u.user_id, u.handle, u.display_name, p.reply_to, coalesce(c.reply_count, 0) FROM (SELECT {id} AS author_id UNION SELECT followee_id FROM {schema}.follows WHERE follower_id = {id}) a CROSS JOIN LATERAL (SELECT * FROM {schema}.posts p WHERE p.author_id = a.author_id AND p.deleted_at IS NULL AND (p.published_at, p.post_id) < ('infinity'::timestamptz, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid) ORDER BY p.published_at DESC, p.post_id DESC LIMIT 21) p JOIN {schema}.users u ON u.user_id = p.author_id LEFT JOIN {schema}.post_counters c ON c.post_id = p.post_id ORDER BY p.published_at DESC, p.post_id DESC LIMIT 21;\n"
+        );
+        let mut scripts = Vec::new();
+        for (name, script) in [("profile", profile), ("timeline", timeline)] {
+            let path = std::env::temp_dir().join(format!(
+                "chronicle-pgbench-{}-{name}.sql",
+                std::process::id()
+            ));
+            std::fs::write(&path, script)?;
+            scripts.push(path);
+        }
+        Ok(Pgbench {
+            database_url: database_url.to_owned(),
+            scripts,
+        })
+    }
+
+    /// Reads/s as fast as pgbench goes.
+    fn saturation(&self) -> Result<f64> {
+        self.run(&[])
+    }
+
+    /// Reads scheduled at `rate` per second: each one's latency from when it was due, as
+    /// pgbench measures it under `--rate`.
+    fn at(&self, rate: f64) -> Result<Latencies> {
+        let logs =
+            std::env::temp_dir().join(format!("chronicle-pgbench-{}-log", std::process::id()));
+        let _ = std::fs::remove_dir_all(&logs);
+        std::fs::create_dir_all(&logs)?;
+        let prefix = logs.join("read");
+        self.run(&[
+            "--rate".to_owned(),
+            format!("{rate:.0}"),
+            "--log".to_owned(),
+            format!("--log-prefix={}", prefix.display()),
+        ])?;
+        // Each line: client, transaction, latency (µs), script, epoch s, epoch µs, lag (µs).
+        let mut samples = Vec::new();
+        for file in std::fs::read_dir(&logs)? {
+            for line in std::fs::read_to_string(file?.path())?.lines() {
+                if let Some(micros) = line
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|t| t.parse::<f64>().ok())
+                {
+                    samples.push(micros / 1000.0);
+                }
+            }
+        }
+        std::fs::remove_dir_all(&logs)?;
+        Ok(Latencies::sorted(samples))
+    }
+
+    fn run(&self, extra: &[String]) -> Result<f64> {
+        let mut command = Command::new("pgbench");
+        command
+            .args(["-n", "-M", "prepared", "-j", "2"])
+            .args(["-c", &READ_CLIENTS.to_string()])
+            .args(["-T", &MEASURE.as_secs().to_string()])
+            .args(extra);
+        for script in &self.scripts {
+            command.arg("-f").arg(format!("{}@1", script.display()));
+        }
+        let output = command.arg(&self.database_url).output()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let tps = text
+            .lines()
+            .find(|line| line.starts_with("tps = "))
+            .and_then(|line| line.trim_start_matches("tps = ").split_whitespace().next())
+            .and_then(|tps| tps.parse::<f64>().ok())
+            .ok_or_else(|| {
+                format!(
+                    "pgbench failed: {}{}",
+                    text,
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })?;
+        Ok(tps)
+    }
+}
+
+impl Drop for Pgbench {
+    fn drop(&mut self) {
+        for script in &self.scripts {
+            let _ = std::fs::remove_file(script);
+        }
+    }
 }
 
 /// The most memory the process has held (VmHWM), in MiB.
@@ -719,48 +858,4 @@ fn peak_rss_mib(pid: u32) -> f64 {
                 .and_then(|kib| kib.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
-fn report(measures: &[Measure], notes: &[String]) -> Result<()> {
-    let mut table = String::new();
-    writeln!(table, "| measure | Chronicle | baseline | ratio | goal |")?;
-    writeln!(table, "|---|---:|---:|---:|---|")?;
-    let mut json = Vec::new();
-    for m in measures {
-        let ratio = m.baseline.map(|b| m.value / b);
-        writeln!(
-            table,
-            "| {} | {:.1} {} | {} | {} | {} |",
-            m.name,
-            m.value,
-            m.unit,
-            m.baseline
-                .map_or_else(|| "-".to_owned(), |b| format!("{b:.1} {}", m.unit)),
-            ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
-            m.goal
-        )?;
-        json.push(json!({
-            "name": m.name,
-            "value": m.value,
-            "baseline": m.baseline,
-            "ratio": ratio,
-            "unit": m.unit,
-        }));
-    }
-    let summary = notes
-        .iter()
-        .map(|note| format!("- {note}"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    println!("\n{table}\n{summary}");
-    append_to_benchmarks("stack", &table, &summary)?;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("latest.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    println!("wrote {}", dir.join("latest.json").display());
-    Ok(())
 }

@@ -65,8 +65,13 @@ impl Fixture {
         Ok(db)
     }
 
-    /// Drops the run's database.
+    /// Drops the run's database, unless `CHRONICLE_BENCH_KEEP_DATABASE=1` asks to keep it for
+    /// a look at the read models (query plans, say) afterwards.
     pub async fn finish(self) -> Result<()> {
+        if env("CHRONICLE_BENCH_KEEP_DATABASE", "0") == "1" {
+            println!("kept the database {} (drop it when done)", self.database);
+            return Ok(());
+        }
         self.admin
             .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.database))
             .await?;
@@ -121,8 +126,9 @@ pub fn spawn(binary: &str, args: &[&str], vars: &[(&str, String)]) -> Result<Chi
         .spawn()?)
 }
 
-/// Polls the active generation's offsets until they cover `events` (a benchmark may poll).
-pub async fn wait_until_projected(db: &tokio_postgres::Client, events: i64) -> Result<()> {
+/// Polls the active generation's offsets every 20 ms until they cover at least `events`
+/// (a benchmark may poll); returns how many they cover.
+pub async fn wait_until_projected(db: &tokio_postgres::Client, events: i64) -> Result<i64> {
     let deadline = Instant::now() + Duration::from_secs(3600);
     loop {
         let done: Option<i64> = db
@@ -135,19 +141,19 @@ pub async fn wait_until_projected(db: &tokio_postgres::Client, events: i64) -> R
             .ok()
             .flatten()
             .and_then(|row| row.get(0));
-        if done.is_some_and(|done| done >= events) {
-            return Ok(());
+        if let Some(done) = done.filter(|done| *done >= events) {
+            return Ok(done);
         }
         if Instant::now() > deadline {
             return Err("the live projector did not catch up within an hour".into());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Appends a section titled `title` with `table` and `summary` to BENCHMARKS.md, with the
 /// machine and the git revision.
-pub fn append_to_benchmarks(title: &str, table: &str, summary: &str) -> Result<()> {
+fn append_to_benchmarks(title: &str, table: &str, summary: &str) -> Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let run = |program: &str, args: &[&str]| {
         Command::new(program)
@@ -201,4 +207,286 @@ pub fn append_to_benchmarks(title: &str, table: &str, summary: &str) -> Result<(
     std::fs::write(&path, text)?;
     println!("appended to {}", path.display());
     Ok(())
+}
+
+/// One measured line: what, Chronicle's figure, its baseline's in the same run, the unit, and
+/// the goal.
+pub struct Measure {
+    /// What was measured.
+    pub name: &'static str,
+    /// Chronicle's figure.
+    pub value: f64,
+    /// The baseline's, where the measure has one.
+    pub baseline: Option<f64>,
+    /// The unit of both.
+    pub unit: &'static str,
+    /// The goal, as written in the issue (a ratio, or a bound on the value).
+    pub goal: &'static str,
+}
+
+/// Prints `measures` as a table with `notes` below, appends both to BENCHMARKS.md under
+/// `title`, and adds the measures (name, value, baseline, ratio, unit) to
+/// `target/bench/latest.json`, which `script/bench` empties at the start of each run.
+pub fn report(title: &str, measures: &[Measure], notes: &[String]) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut table = String::new();
+    writeln!(table, "| measure | Chronicle | baseline | ratio | goal |")?;
+    writeln!(table, "|---|---:|---:|---:|---|")?;
+    let mut json = Vec::new();
+    for m in measures {
+        let ratio = m.baseline.map(|b| m.value / b);
+        writeln!(
+            table,
+            "| {} | {:.1} {} | {} | {} | {} |",
+            m.name,
+            m.value,
+            m.unit,
+            m.baseline
+                .map_or_else(|| "-".to_owned(), |b| format!("{b:.1} {}", m.unit)),
+            ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+            m.goal
+        )?;
+        json.push(serde_json::json!({
+            "name": m.name,
+            "value": m.value,
+            "baseline": m.baseline,
+            "ratio": ratio,
+            "unit": m.unit,
+        }));
+    }
+    let summary = notes
+        .iter()
+        .map(|note| format!("- {note}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    println!("\n{table}\n{summary}");
+    append_to_benchmarks(title, &table, &summary)?;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("latest.json");
+    let mut all: Vec<serde_json::Value> = std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    all.extend(json);
+    std::fs::write(&path, serde_json::to_string_pretty(&all)?)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// The broker's own freshness, the floor under Chronicle's: a bare producer (acks=all,
+/// idempotent, as the command API) sends `rate` events per second for `duration` to `topic`
+/// (fresh, [`PARTITIONS`] partitions), each on the clock; a bare consumer with the projector's
+/// fetch settings (`fetch.wait.max.ms` = `fetch_wait_ms`) reads them. Each sample is the time
+/// from the send's acknowledgement to the consumer's receipt, in milliseconds (0 when the
+/// consumer had it first).
+pub async fn broker_freshness(
+    brokers: &str,
+    topic: &str,
+    rate: f64,
+    duration: Duration,
+    fetch_wait_ms: u32,
+) -> Result<Vec<f64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{Offset, TopicPartitionList};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let total = (rate * duration.as_secs_f64()) as usize;
+    let received: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}.freshness"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let reader = {
+        let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let at = Instant::now();
+                let n = message
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .and_then(|k| k.parse::<usize>().ok());
+                if let (Some(n), Ok(mut received)) = (n, received.lock())
+                    && let Some(slot) = received.get_mut(n)
+                {
+                    *slot = Some(at);
+                }
+            }
+        })
+    };
+    // Let the consumer connect and send its first fetch before the clock starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "1")
+        .create()?;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = tokio::time::Instant::now();
+    let mut sends = tokio::task::JoinSet::new();
+    for n in 0..total {
+        tokio::time::sleep_until(start + interval.mul_f64(n as f64)).await;
+        let producer = producer.clone();
+        let topic = topic.to_owned();
+        sends.spawn(async move {
+            let key = n.to_string();
+            let delivered = producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload("freshness"),
+                    Duration::from_secs(30),
+                )
+                .await;
+            delivered.ok().map(|_| (n, Instant::now()))
+        });
+    }
+    let mut acknowledged = Vec::with_capacity(total);
+    while let Some(sent) = sends.join_next().await {
+        if let Some(ack) = sent? {
+            acknowledged.push(ack);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received
+        .lock()
+        .map_err(|_| "poisoned")?
+        .iter()
+        .any(Option::is_none)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().map_err(|_| "the consumer thread panicked")?;
+    let received = received.lock().map_err(|_| "poisoned")?;
+    let samples: Vec<f64> = acknowledged
+        .iter()
+        .filter_map(|(n, ack)| {
+            let got = received[*n]?;
+            Some(got.saturating_duration_since(*ack).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    if samples.len() < total * 99 / 100 {
+        return Err(format!("the bare consumer received {} of {total}", samples.len()).into());
+    }
+    Ok(samples)
+}
+
+/// CPU time used so far by each part of the machine a benchmark runs on: the services (by
+/// pid), the broker (`CHRONICLE_BENCH_BROKER_PID`, set by `script/bench`), every PostgreSQL
+/// process, and everything else. Two snapshots around a measure tell which part the machine's
+/// cores went to.
+#[derive(Debug, Clone, Default)]
+pub struct CpuUse {
+    seconds: std::collections::BTreeMap<String, f64>,
+    at: Option<Instant>,
+}
+
+impl CpuUse {
+    /// Reads `/proc` now; `named` are (name, pid) of the processes to tell apart.
+    pub fn now(named: &[(&str, u32)]) -> CpuUse {
+        let broker = std::env::var("CHRONICLE_BENCH_BROKER_PID")
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok());
+        let mut seconds = std::collections::BTreeMap::new();
+        let ticks = 100.0; // USER_HZ on Linux
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return CpuUse::default();
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ... utime stime cutime cstime: fields 14 to 17, the 12th
+            // to 15th after the ')'. A process that ended and was waited for adds its time to
+            // its parent's cutime and cstime: PostgreSQL's backends to the postmaster's, pgbench
+            // to this benchmark's.
+            let Some((head, tail)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let comm = head.split_once('(').map_or("", |(_, comm)| comm);
+            let fields: Vec<f64> = tail
+                .split_whitespace()
+                .skip(11)
+                .take(4)
+                .map(|field| field.parse().unwrap_or(0.0) / ticks)
+                .collect();
+            let (own, children) = match fields[..] {
+                [utime, stime, cutime, cstime] => (utime + stime, cutime + cstime),
+                _ => continue,
+            };
+            if pid == std::process::id() {
+                *seconds.entry("benchmark client".to_owned()).or_insert(0.0) += own;
+                // Its children: pgbench, and services it stopped (none while measuring).
+                *seconds.entry("pgbench".to_owned()).or_insert(0.0) += children;
+                continue;
+            }
+            let used = own + children;
+            let name = if let Some((name, _)) = named.iter().find(|(_, p)| *p == pid) {
+                (*name).to_owned()
+            } else if Some(pid) == broker {
+                "broker (tansu)".to_owned()
+            } else if comm == "postgres" {
+                "postgres".to_owned()
+            } else if comm == "pgbench" {
+                "pgbench".to_owned()
+            } else {
+                "everything else".to_owned()
+            };
+            *seconds.entry(name).or_insert(0.0) += used;
+        }
+        CpuUse {
+            seconds,
+            at: Some(Instant::now()),
+        }
+    }
+
+    /// What each part used since `before`, in cores (CPU seconds per second), largest first:
+    /// "postgres 0.71, query-api 0.42, ..." and the machine's total.
+    pub fn since(&self, before: &CpuUse) -> String {
+        let elapsed = match (self.at, before.at) {
+            (Some(now), Some(then)) => now.duration_since(then).as_secs_f64(),
+            _ => return "not measured".to_owned(),
+        };
+        let mut used: Vec<(String, f64)> = self
+            .seconds
+            .iter()
+            .map(|(name, secs)| {
+                let earlier = before.seconds.get(name).copied().unwrap_or(0.0);
+                // Processes that ended in between make "everything else" shrink; not below 0.
+                (name.clone(), ((secs - earlier) / elapsed).max(0.0))
+            })
+            .filter(|(_, cores)| *cores >= 0.005)
+            .collect();
+        used.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = used.iter().map(|(_, cores)| cores).sum();
+        let parts: Vec<String> = used
+            .iter()
+            .map(|(name, cores)| format!("{name} {cores:.2}"))
+            .collect();
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        format!("{}; {total:.2} of {cores} cores busy", parts.join(", "))
+    }
 }

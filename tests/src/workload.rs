@@ -14,31 +14,35 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
 
-/// A small deterministic generator (xorshift) with Zipf sampling by inverse CDF.
-struct Rng(u64);
+/// A small deterministic generator (xorshift); seed it with anything but zero.
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// The next pseudo-random number.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
 
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
     }
 
     fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+        self.next_u64() % 100 < percent
     }
 }
 
-/// Zipf(s = 1) over the first `n` items, sampled from a cumulative table.
-struct Zipf(Vec<f64>);
+/// Zipf(s = 1) over the first `n` items, sampled from a cumulative table by inverse CDF: item
+/// `k` (from 0) is drawn in proportion to `1 / (k + 1)`.
+pub struct Zipf(Vec<f64>);
 
 impl Zipf {
-    fn new(n: usize) -> Zipf {
+    /// A table for up to `n` items.
+    pub fn new(n: usize) -> Zipf {
         let mut total = 0.0;
         Zipf(
             (1..=n)
@@ -50,9 +54,10 @@ impl Zipf {
         )
     }
 
-    fn sample(&self, rng: &mut Rng, n: usize) -> usize {
+    /// An index in `0..n` (`n` at most the table's size), low indexes most often.
+    pub fn sample(&self, rng: &mut Rng, n: usize) -> usize {
         let n = n.min(self.0.len()).max(1);
-        let x = (rng.next() as f64 / u64::MAX as f64) * self.0[n - 1];
+        let x = (rng.next_u64() as f64 / u64::MAX as f64) * self.0[n - 1];
         self.0[..n].partition_point(|c| *c < x).min(n - 1)
     }
 }
