@@ -116,14 +116,28 @@ pub async fn create_topic(brokers: &str, topic: &str) -> Result<()> {
     Ok(())
 }
 
-/// Starts `binary` with `args` and the environment `vars`, its output discarded.
+/// Starts `binary` with `args` and the environment `vars`; its log (the services log to
+/// stdout) goes to `target/bench/<binary>.log`, replaced at each start.
 pub fn spawn(binary: &str, args: &[&str], vars: &[(&str, String)]) -> Result<Child> {
-    Ok(Command::new(binary)
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let name = std::path::Path::new(binary)
+        .file_name()
+        .ok_or_else(|| format!("{binary} names no file"))?;
+    let log = dir.join(name).with_extension("log");
+    let child = Command::new(binary)
         .args(args)
         .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()?)
+        .stdout(std::fs::File::create(&log)?)
+        .spawn()?;
+    println!(
+        "started {} (pid {}), log {}",
+        binary,
+        child.id(),
+        log.display()
+    );
+    Ok(child)
 }
 
 /// Polls the active generation's offsets every 20 ms until they cover at least `events`
