@@ -756,8 +756,23 @@ impl Pgbench {
         let profile = format!(
             "{pick}SELECT u.user_id, u.handle, u.display_name, u.bio, u.joined_at, coalesce(c.post_count, 0), coalesce(c.follower_count, 0), coalesce(c.following_count, 0), coalesce(c.likes_received, 0), coalesce(c.likes_given, 0) FROM {schema}.users u LEFT JOIN {schema}.user_counters c ON c.user_id = u.user_id WHERE u.user_id = {id};\n"
         );
+        // The query API's two statements: how many the user follows, then their timeline
+        // merged per author (up to 200 followees, as every seeded user here) or filtered from
+        // the global feed.
+        let page = "(p.published_at, p.post_id) < ('infinity'::timestamptz, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid)";
+        let columns = "p.post_id, p.body, p.published_at, p.like_count, u.user_id, u.handle, u.display_name, p.reply_to, coalesce(c.reply_count, 0)";
+        let joins = format!(
+            "JOIN {schema}.users u ON u.user_id = p.author_id LEFT JOIN {schema}.post_counters c ON c.post_id = p.post_id"
+        );
+        let newest = "ORDER BY p.published_at DESC, p.post_id DESC";
         let timeline = format!(
-            "{pick}SELECT p.post_id, p.body, p.published_at, p.like_count, u.user_id, u.handle, u.display_name, p.reply_to, coalesce(c.reply_count, 0) FROM (SELECT {id} AS author_id UNION SELECT followee_id FROM {schema}.follows WHERE follower_id = {id}) a CROSS JOIN LATERAL (SELECT * FROM {schema}.posts p WHERE p.author_id = a.author_id AND p.deleted_at IS NULL AND (p.published_at, p.post_id) < ('infinity'::timestamptz, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid) ORDER BY p.published_at DESC, p.post_id DESC LIMIT 21) p JOIN {schema}.users u ON u.user_id = p.author_id LEFT JOIN {schema}.post_counters c ON c.post_id = p.post_id ORDER BY p.published_at DESC, p.post_id DESC LIMIT 21;\n"
+            "{pick}SELECT coalesce(c.following_count, 0) AS following FROM {schema}.users u LEFT JOIN {schema}.user_counters c ON c.user_id = u.user_id WHERE u.user_id = {id} \\gset
+\\if :following <= 200
+SELECT {columns} FROM (SELECT p.* FROM (SELECT {id} AS author_id UNION SELECT followee_id FROM {schema}.follows WHERE follower_id = {id}) a CROSS JOIN LATERAL (SELECT * FROM {schema}.posts p WHERE p.author_id = a.author_id AND p.deleted_at IS NULL AND {page} {newest} LIMIT 21) p {newest} LIMIT 21) p {joins} {newest};
+\\else
+SELECT {columns} FROM {schema}.posts p {joins} WHERE p.deleted_at IS NULL AND (p.author_id = {id} OR p.author_id IN (SELECT followee_id FROM {schema}.follows WHERE follower_id = {id})) AND {page} {newest} LIMIT 21;
+\\endif
+"
         );
         let mut scripts = Vec::new();
         for (name, script) in [("profile", profile), ("timeline", timeline)] {

@@ -2,6 +2,7 @@
 //! existed when it started exactly once, newest first, and nothing else.
 
 use crate::harness::{TestApp, TestPost, TestUser, post_ids};
+use serde_json::Value;
 
 const PAGE: u32 = 7;
 
@@ -141,4 +142,98 @@ async fn a_page_that_exactly_fills_the_list_ends_cleanly() {
 
     // Assert: every post once; following a cursor never yields an error or a repeat.
     assert_eq!(post_ids(&seen), newest_first(&posts));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn home_timelines_of_few_and_of_hundreds_of_followees_hold_the_same_posts_as_the_feed() {
+    use futures_util::{StreamExt, stream};
+
+    // Arrange: 205 authors with a post each, a stranger nobody follows, a reader who follows
+    // every author (more than the 200 followees up to which the query API merges per-author
+    // scans; beyond, it filters the global feed) and one who follows three.
+    const AUTHORS: usize = 205;
+    let app = TestApp::builder()
+        .env("CHRONICLE_RATE_LIMIT_PER_USER", "0")
+        .env("CHRONICLE_RATE_LIMIT_PER_ADDRESS", "0")
+        .spawn()
+        .await;
+    let authors: Vec<TestUser> = stream::iter(0..AUTHORS)
+        .map(|n| {
+            let app = &app;
+            async move { app.register_user(&format!("author_{n}"), "Author").await }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let stranger = app.register_user("stranger", "Stranger").await;
+    let many = app.register_user("follows_many", "Many").await;
+    let few = app.register_user("follows_few", "Few").await;
+    let everyone: Vec<&TestUser> = authors.iter().chain([&stranger, &many, &few]).collect();
+    let mut positions: Vec<String> = everyone.iter().map(|u| u.position.clone()).collect();
+    app.wait_for(&positions).await;
+    let posts: Vec<TestPost> = stream::iter(everyone)
+        .map(|user| {
+            let app = &app;
+            async move { app.publish_post(user, &format!("by {}", user.handle)).await }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let follows = authors
+        .iter()
+        .map(|author| (&many, author))
+        .chain(authors[..3].iter().map(|author| (&few, author)));
+    let followed: Vec<String> = stream::iter(follows)
+        .map(|(follower, author)| {
+            let app = &app;
+            async move {
+                let resp = app.follow(&follower.token, &author.id, &[]).await;
+                resp.assert_status(202);
+                resp.str_field("position")
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    positions.extend(posts.iter().map(|p| p.position.clone()));
+    positions.extend(followed);
+    app.wait_for(&positions).await;
+
+    // Act
+    let feed = app.collect_pages("/v1/feed", &[]).await;
+    let timeline_of = async |user: &TestUser| {
+        let path = format!("/v1/users/{}/timeline", user.id);
+        post_ids(&app.collect_pages_with(&path, PAGE, &[]).await)
+    };
+    let many_timeline = timeline_of(&many).await;
+    let few_timeline = timeline_of(&few).await;
+
+    // Assert: each timeline is the global feed, in its order, less the posts of users not
+    // followed.
+    let profile = app.get_user(&many.id, &[]).await;
+    profile.assert_status(200);
+    assert_eq!(profile.body["following_count"], AUTHORS as u64);
+    let by = |users: &[&TestUser]| -> Vec<String> {
+        let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+        let authored = |post: &Value| {
+            post.pointer("/author/user_id")
+                .and_then(Value::as_str)
+                .is_some_and(|author| ids.contains(&author))
+        };
+        post_ids(
+            &feed
+                .iter()
+                .filter(|p| authored(p))
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut followed_by_many: Vec<&TestUser> = authors.iter().collect();
+    followed_by_many.push(&many);
+    assert_eq!(feed.len(), AUTHORS + 3);
+    assert_eq!(many_timeline, by(&followed_by_many));
+    assert_eq!(many_timeline.len(), AUTHORS + 1);
+    let few_users = [&authors[0], &authors[1], &authors[2], &few];
+    assert_eq!(few_timeline, by(&few_users));
+    assert_eq!(few_timeline.len(), 4);
 }

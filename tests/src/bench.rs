@@ -177,17 +177,24 @@ fn append_to_benchmarks(title: &str, table: &str, summary: &str) -> Result<()> {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default()
     };
-    let revision = run(
+    let root_arg = root.display().to_string();
+    let mut revision = run("git", &["-C", &root_arg, "rev-parse", "--short=7", "HEAD"]);
+    // Changes to the code, not the entries a run of `script/bench` has just appended.
+    let changed = run(
         "git",
         &[
             "-C",
-            &root.display().to_string(),
-            "describe",
-            "--always",
-            "--dirty",
-            "--abbrev=7",
+            &root_arg,
+            "status",
+            "--porcelain",
+            "--",
+            ".",
+            ":!BENCHMARKS.md",
         ],
     );
+    if !changed.is_empty() {
+        revision.push_str("-dirty");
+    }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
