@@ -1,7 +1,7 @@
 //! Keyset pagination: a reader paging through a feed while new posts arrive sees every post that
 //! existed when it started exactly once, newest first, and nothing else.
 
-use crate::harness::{TestApp, TestPost, TestUser, post_ids};
+use crate::harness::{TestApp, TestPost, TestUser, post_ids, user_ids};
 use serde_json::Value;
 
 const PAGE: u32 = 7;
@@ -145,7 +145,7 @@ async fn a_page_that_exactly_fills_the_list_ends_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn home_timelines_of_few_and_of_hundreds_of_followees_hold_the_same_posts_as_the_feed() {
+async fn timelines_and_follow_lists_of_few_and_of_hundreds_of_followees_agree_with_the_feed() {
     use futures_util::{StreamExt, stream};
 
     // Arrange: 205 authors with a post each, a stranger nobody follows, a reader who follows
@@ -236,4 +236,12 @@ async fn home_timelines_of_few_and_of_hundreds_of_followees_hold_the_same_posts_
     let few_users = [&authors[0], &authors[1], &authors[2], &few];
     assert_eq!(few_timeline, by(&few_users));
     assert_eq!(few_timeline.len(), 4);
+
+    // The 205 followees, paged by 7, each once.
+    let path = format!("/v1/users/{}/following", many.id);
+    let mut following = user_ids(&app.collect_pages_with(&path, PAGE, &[]).await);
+    following.sort();
+    let mut expected: Vec<String> = authors.iter().map(|a| a.id.clone()).collect();
+    expected.sort();
+    assert_eq!(following, expected);
 }
