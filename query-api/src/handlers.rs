@@ -181,6 +181,14 @@ impl Read<'_> {
             Ok(())
         }
     }
+
+    /// The profile of `user_id`; 404 `user_not_found` when there is no such user.
+    async fn profile(&self, user_id: Uuid) -> Result<Profile, Problem> {
+        let rows = self
+            .query(&format!("{PROFILE} WHERE u.user_id = $1"), &[&user_id])
+            .await?;
+        rows.first().map(profile_from).ok_or_else(user_not_found)
+    }
 }
 
 fn user_not_found() -> Problem {
@@ -249,13 +257,7 @@ pub(crate) async fn profile(
 ) -> Answer<Profile> {
     let user_id = parse_id("user_id", &user_id)?;
     let read = app.read(query).await?;
-    let rows = read
-        .query(&format!("{PROFILE} WHERE u.user_id = $1"), &[&user_id])
-        .await?;
-    rows.first()
-        .map(profile_from)
-        .map(Json)
-        .ok_or_else(user_not_found)
+    read.profile(user_id).await.map(Json)
 }
 
 /// `GET /v1/users/by-handle/{handle}`: handles are matched as registered (trimmed, lowercase).
@@ -401,15 +403,8 @@ pub(crate) async fn timeline(
 ) -> Answer<Page<Post>> {
     let user_id = parse_id("user_id", &user_id)?;
     let read = app.read(query).await?;
-    let following = read
-        .query(
-            "SELECT coalesce(c.following_count, 0) FROM {s}.users u
-             LEFT JOIN {s}.user_counters c ON c.user_id = u.user_id WHERE u.user_id = $1",
-            &[&user_id],
-        )
-        .await?;
-    let following: i64 = following.first().ok_or_else(user_not_found)?.get(0);
-    if following <= TIMELINE_MERGE_MAX_FOLLOWING {
+    // The profile tells whether the user exists and how many they follow.
+    if read.profile(user_id).await?.following_count <= TIMELINE_MERGE_MAX_FOLLOWING {
         post_page(&read, TIMELINE_MERGED, Some(&user_id)).await
     } else {
         let sql = format!("{POSTS} {TIMELINE_FILTERED} {POSTS_PAGE}");

@@ -753,12 +753,14 @@ impl Pgbench {
             .get(0);
         let pick = format!("\\set n random(1, {})\n", users.len());
         let id = "(SELECT user_id FROM public.bench_users WHERE n = :n)";
-        let profile = format!(
-            "{pick}SELECT u.user_id, u.handle, u.display_name, u.bio, u.joined_at, coalesce(c.post_count, 0), coalesce(c.follower_count, 0), coalesce(c.following_count, 0), coalesce(c.likes_received, 0), coalesce(c.likes_given, 0) FROM {schema}.users u LEFT JOIN {schema}.user_counters c ON c.user_id = u.user_id WHERE u.user_id = {id};\n"
+        // The profile; its following count is named for the timeline's `\\gset`.
+        let profile_sql = format!(
+            "SELECT u.user_id, u.handle, u.display_name, u.bio, u.joined_at, coalesce(c.post_count, 0), coalesce(c.follower_count, 0), coalesce(c.following_count, 0) AS following, coalesce(c.likes_received, 0), coalesce(c.likes_given, 0) FROM {schema}.users u LEFT JOIN {schema}.user_counters c ON c.user_id = u.user_id WHERE u.user_id = {id}"
         );
-        // The query API's two statements: how many the user follows, then their timeline
-        // merged per author (up to 200 followees, as every seeded user here) or filtered from
-        // the global feed.
+        let profile = format!("{pick}{profile_sql};\n");
+        // The query API's two statements: the user's profile (how many they follow), then
+        // their timeline merged per author (up to 200 followees, as every seeded user here) or
+        // filtered from the global feed.
         let page = "(p.published_at, p.post_id) < ('infinity'::timestamptz, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid)";
         let columns = "p.post_id, p.body, p.published_at, p.like_count, u.user_id, u.handle, u.display_name, p.reply_to, coalesce(c.reply_count, 0)";
         let joins = format!(
@@ -766,7 +768,7 @@ impl Pgbench {
         );
         let newest = "ORDER BY p.published_at DESC, p.post_id DESC";
         let timeline = format!(
-            "{pick}SELECT coalesce(c.following_count, 0) AS following FROM {schema}.users u LEFT JOIN {schema}.user_counters c ON c.user_id = u.user_id WHERE u.user_id = {id} \\gset
+            "{pick}{profile_sql} \\gset
 \\if :following <= 200
 SELECT {columns} FROM (SELECT p.* FROM (SELECT {id} AS author_id UNION SELECT followee_id FROM {schema}.follows WHERE follower_id = {id}) a CROSS JOIN LATERAL (SELECT * FROM {schema}.posts p WHERE p.author_id = a.author_id AND p.deleted_at IS NULL AND {page} {newest} LIMIT 21) p {newest} LIMIT 21) p {joins} {newest};
 \\else
