@@ -16,15 +16,14 @@
 //! is in the notes: on two shared cores it says which part bounds them. Run it with
 //! `script/bench stack`.
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chronicle_events::{Envelope, Event, PostLiked};
 use chronicle_tests::bench::{
-    CpuUse, Fixture, Measure, PARTITIONS, Result, broker_freshness, create_topic, env, report,
-    spawn, wait_until_projected,
+    CpuUse, Fixture, Measure, PARTITIONS, Result, broker_freshness, create_topic, env, open_loop,
+    report, spawn, wait_until_projected,
 };
 use chronicle_tests::workload::{Rng, Zipf};
 use rdkafka::ClientConfig;
@@ -264,7 +263,6 @@ struct Ingest {
     latency: String,
 }
 
-/// A tiny deterministic generator for picking users and operations.
 impl Stack {
     async fn start(fixture: &Fixture) -> Result<Stack> {
         let command = free_address()?;
@@ -504,7 +502,7 @@ impl Stack {
     /// Publishes at a constant rate; each post is read back with its position, and the time
     /// from the 202 to the read's answer is the freshness.
     async fn freshness(&self, users: &[User], rate: u64) -> Result<Latencies> {
-        let (samples, failures) = open_loop(rate as f64, |n, _due| {
+        let (samples, failures) = open_loop(rate as f64, MEASURE, |n, _due| {
             let user = users[n as usize % users.len()].clone();
             let (http, command, query) =
                 (self.http.clone(), self.command.clone(), self.query.clone());
@@ -539,15 +537,15 @@ impl Stack {
             }
         })
         .await;
-        let total = samples.0.len() + failures.values().sum::<usize>();
-        if samples.0.len() < total * 99 / 100 {
+        let total = samples.len() + failures.values().sum::<usize>();
+        if samples.len() < total * 99 / 100 {
             return Err(format!(
                 "only {} of {total} posts read back: {failures:?}",
-                samples.0.len()
+                samples.len()
             )
             .into());
         }
-        Ok(samples)
+        Ok(Latencies::sorted(samples))
     }
 
     async fn read_saturation(&self, users: &[User]) -> Result<f64> {
@@ -567,7 +565,7 @@ impl Stack {
 
     /// Reads at a constant `rate`; latencies from when each read was due.
     async fn reads_at(&self, users: &[User], rate: f64) -> Result<Latencies> {
-        let (samples, _) = open_loop(rate, |n, due| {
+        let (samples, _) = open_loop(rate, MEASURE, |n, due| {
             let user = users[(n as usize * 7919) % users.len()].clone();
             let (http, query) = (self.http.clone(), self.query.clone());
             async move {
@@ -579,7 +577,7 @@ impl Stack {
             }
         })
         .await;
-        Ok(samples)
+        Ok(Latencies::sorted(samples))
     }
 }
 
@@ -602,35 +600,6 @@ async fn read(http: &reqwest::Client, query: &str, user: &User, timeline: bool) 
         Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
         Err(_) => false,
     }
-}
-
-/// Starts `job(n, due)` at `rate` per second for [`MEASURE`], each on the clock whether or not
-/// earlier ones have answered (no coordinated omission). The latencies the jobs measured, and
-/// how often each failure happened.
-async fn open_loop<F, Fut>(rate: f64, job: F) -> (Latencies, BTreeMap<String, usize>)
-where
-    F: Fn(u64, tokio::time::Instant) -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<f64, String>> + Send + 'static,
-{
-    let total = (rate * MEASURE.as_secs_f64()) as u64;
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let start = tokio::time::Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..total {
-        let due = start + interval.mul_f64(n as f64);
-        tokio::time::sleep_until(due).await;
-        tasks.spawn(job(n, due));
-    }
-    let mut samples = Vec::new();
-    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
-    while let Some(result) = tasks.join_next().await {
-        match result {
-            Ok(Ok(sample)) => samples.push(sample),
-            Ok(Err(failure)) => *failures.entry(failure).or_default() += 1,
-            Err(err) => *failures.entry(err.to_string()).or_default() += 1,
-        }
-    }
-    (Latencies::sorted(samples), failures)
 }
 
 /// Runs `clients` clients, each repeating `step(client, n)` as soon as its last

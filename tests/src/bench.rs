@@ -116,11 +116,17 @@ pub async fn create_topic(brokers: &str, topic: &str) -> Result<()> {
     Ok(())
 }
 
+/// `target/bench`, where the benchmarks leave their logs and `latest.json`; created if missing.
+fn bench_dir() -> Result<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 /// Starts `binary` with `args` and the environment `vars`; its log (the services log to
 /// stdout) goes to `target/bench/<binary>.log`, replaced at each start.
 pub fn spawn(binary: &str, args: &[&str], vars: &[(&str, String)]) -> Result<Child> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
+    let dir = bench_dir()?;
     let name = std::path::Path::new(binary)
         .file_name()
         .ok_or_else(|| format!("{binary} names no file"))?;
@@ -282,9 +288,7 @@ pub fn report(title: &str, measures: &[Measure], notes: &[String]) -> Result<()>
         .join("\n");
     println!("\n{table}\n{summary}");
     append_to_benchmarks(title, &table, &summary)?;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("latest.json");
+    let path = bench_dir()?.join("latest.json");
     let mut all: Vec<serde_json::Value> = std::fs::read(&path)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -293,6 +297,40 @@ pub fn report(title: &str, measures: &[Measure], notes: &[String]) -> Result<()>
     std::fs::write(&path, serde_json::to_string_pretty(&all)?)?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// Starts `job(n, due)` at `rate` per second for `duration`, each on the clock whether or not
+/// earlier ones have answered (no coordinated omission). What the jobs that succeeded returned,
+/// and how often each failure happened.
+pub async fn open_loop<T, F, Fut>(
+    rate: f64,
+    duration: Duration,
+    job: F,
+) -> (Vec<T>, std::collections::BTreeMap<String, usize>)
+where
+    T: Send + 'static,
+    F: Fn(u64, tokio::time::Instant) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, String>> + Send + 'static,
+{
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..total {
+        let due = start + interval.mul_f64(n as f64);
+        tokio::time::sleep_until(due).await;
+        tasks.spawn(job(n, due));
+    }
+    let mut done = Vec::new();
+    let mut failures = std::collections::BTreeMap::new();
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(Ok(value)) => done.push(value),
+            Ok(Err(failure)) => *failures.entry(failure).or_default() += 1,
+            Err(err) => *failures.entry(err.to_string()).or_default() += 1,
+        }
+    }
+    (done, failures)
 }
 
 /// The broker's own freshness, the floor under Chronicle's: a bare producer (acks=all,
@@ -358,30 +396,22 @@ pub async fn broker_freshness(
         .set("enable.idempotence", "true")
         .set("linger.ms", "1")
         .create()?;
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let start = tokio::time::Instant::now();
-    let mut sends = tokio::task::JoinSet::new();
-    for n in 0..total {
-        tokio::time::sleep_until(start + interval.mul_f64(n as f64)).await;
+    let (acknowledged, failures) = open_loop(rate, duration, |n, _due| {
         let producer = producer.clone();
         let topic = topic.to_owned();
-        sends.spawn(async move {
+        async move {
             let key = n.to_string();
-            let delivered = producer
+            producer
                 .send(
                     FutureRecord::to(&topic).key(&key).payload("freshness"),
                     Duration::from_secs(30),
                 )
-                .await;
-            delivered.ok().map(|_| (n, Instant::now()))
-        });
-    }
-    let mut acknowledged = Vec::with_capacity(total);
-    while let Some(sent) = sends.join_next().await {
-        if let Some(ack) = sent? {
-            acknowledged.push(ack);
+                .await
+                .map_err(|(err, _)| format!("send: {err}"))?;
+            Ok((n as usize, Instant::now()))
         }
-    }
+    })
+    .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while received
         .lock()
@@ -403,7 +433,11 @@ pub async fn broker_freshness(
         })
         .collect();
     if samples.len() < total * 99 / 100 {
-        return Err(format!("the bare consumer received {} of {total}", samples.len()).into());
+        return Err(format!(
+            "the bare consumer received {} of {total}; failed sends: {failures:?}",
+            samples.len()
+        )
+        .into());
     }
     Ok(samples)
 }
