@@ -8,11 +8,16 @@
 CHRONICLE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Per-checkout state (databases, broker data, logs, PID files); ignored by git.
 CHRONICLE_DATA="$CHRONICLE_ROOT/.data"
-# Per-user cache outside the work tree, so the ten-minute tansu build happens once.
+# Per-user cache outside the work tree (Kafka's jars, fetched once).
 CACHE="${CHRONICLE_CACHE:-$HOME/.cache/chronicle}"
-TANSU_VERSION="0.6.0"
-TANSU_ROOT="$CACHE/tansu-$TANSU_VERSION"
-TANSU="$TANSU_ROOT/bin/tansu"
+# The development broker: Apache Kafka from Maven Central, with the log4j2 version its release
+# ships, fetched by a pinned maven-dependency-plugin.
+KAFKA_VERSION="4.1.1"
+KAFKA_LOG4J_VERSION="2.24.3"
+MAVEN_DEPENDENCY_PLUGIN_VERSION="3.8.1"
+# The test runner, built once into ~/.cargo/bin.
+NEXTEST_VERSION="0.9.151"
+KAFKA_HOME="$CACHE/kafka-$KAFKA_VERSION"
 # Port of the private PostgreSQL cluster, used only when no server is reachable.
 CHRONICLE_PRIVATE_PG_PORT="${CHRONICLE_PRIVATE_PG_PORT:-55432}"
 # Set to 1 by ensure_postgres when it started the private cluster itself.
@@ -40,25 +45,21 @@ as_root() {
   fi
 }
 
+# Installs Debian packages, refreshing the package lists once per script run.
+APT_UPDATED=0
+apt_install() {
+  if [[ $APT_UPDATED == 0 ]]; then
+    as_root apt-get update
+    APT_UPDATED=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+
 # Succeeds when something accepts TCP connections on HOST:PORT.
 port_open() {
   local host=$1 port=$2
   # shellcheck disable=SC2016 # expanded by the inner bash
   timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$host" "$port" 2>/dev/null
-}
-
-# Succeeds when HOST:PORT answers a Kafka Metadata (v0) request, i.e. a broker is serving.
-kafka_metadata_ok() {
-  local host=$1 port=$2
-  # shellcheck disable=SC2016 # expanded by the inner bash
-  timeout 5 bash -c '
-    exec 3<>"/dev/tcp/$1/$2" || exit 1
-    # size=23, api_key=3 (Metadata), api_version=0, correlation_id=1,
-    # client_id="chronicle", topics=[] (all topics)
-    printf "\x00\x00\x00\x17\x00\x03\x00\x00\x00\x00\x00\x01\x00\x09chronicle\x00\x00\x00\x00" >&3
-    reply=$(head -c 8 <&3 | od -An -tx1 | tr -d " \n")
-    [[ ${#reply} -eq 16 && ${reply:8:8} == 00000001 ]]
-  ' _ "$host" "$port" 2>/dev/null
 }
 
 # Prints the last lines of a log file to stderr, indented.
@@ -158,56 +159,148 @@ spawn() {
   write_pidfile "$pidfile" "$SPAWNED_PID"
 }
 
-# --- tansu (the development Kafka-protocol broker) --------------------------------------------
+# --- Apache Kafka (the development broker) -----------------------------------------------------
+#
+# Kafka is assembled from its Maven Central jars (the machines reach Maven Central, not the Apache
+# download site) into $KAFKA_HOME/libs, once. Brokers run in KRaft mode, broker and controller in
+# one JVM; script/broker/server.properties holds the settings they share.
 
-# Installs tansu into the cache unless it is already there.
-ensure_tansu() {
-  if [[ -x $TANSU ]]; then
-    say "tansu $TANSU_VERSION: reusing $TANSU"
-    return 0
+# Succeeds when java (17 or newer) and mvn are callable; on Debian installs what is missing.
+ensure_java() {
+  local version
+  if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+    command -v apt-get >/dev/null 2>&1 ||
+      die "Kafka needs Java 17+ and Maven: install a JDK 17 and Apache Maven, then re-run"
+    say "installing Java 17 and Maven with apt-get (Kafka runs on the JVM and is fetched with Maven)"
+    apt_install openjdk-17-jdk-headless maven
   fi
-  command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rustup (https://rustup.rs)"
-  mkdir -p "$CACHE"
-  # One install at a time per cache, even when two scripts start together.
-  exec 9>"$CACHE/tansu-$TANSU_VERSION.lock"
-  flock 9
-  if [[ ! -x $TANSU ]]; then
-    say "installing tansu $TANSU_VERSION into $TANSU_ROOT (compiles for about ten minutes, once)"
-    cargo install --locked tansu --version "$TANSU_VERSION" --no-default-features \
-      --features libsql --root "$TANSU_ROOT"
-  fi
-  exec 9>&-
-  [[ -x $TANSU ]] || die "tansu install finished but $TANSU is missing"
+  version=$(java -version 2>&1 | awk -F'"' '/version/ {print $2; exit}')
+  [[ ${version%%.*} =~ ^[0-9]+$ && ${version%%.*} -ge 17 ]] ||
+    die "Kafka $KAFKA_VERSION needs Java 17 or newer; \`java -version\` says ${version:-nothing}"
 }
 
-# Starts tansu on 127.0.0.1:PORT with its data (SQLite) in DATADIR, logging to DATADIR/broker.log
-# and writing DATADIR/broker.pid. Waits until it answers a metadata request (bounded) and fails
-# loudly, with the end of its log, when it does not.
+# Installs Apache Kafka's jars into $KAFKA_HOME/libs unless they are already there.
+ensure_kafka() {
+  if [[ -f $KAFKA_HOME/.complete ]]; then
+    say "kafka $KAFKA_VERSION: reusing $KAFKA_HOME"
+    return 0
+  fi
+  ensure_java
+  mkdir -p "$CACHE"
+  # One install at a time per cache, even when two scripts start together.
+  exec 9>"$CACHE/kafka-$KAFKA_VERSION.lock"
+  flock 9
+  if [[ ! -f $KAFKA_HOME/.complete ]]; then
+    say "installing Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_HOME (once)"
+    rm -rf "$KAFKA_HOME"
+    mkdir -p "$KAFKA_HOME"
+    # The broker (kafka_2.13), its command-line tools, and the log4j2 binding that Kafka's
+    # release archive adds by hand: without it the broker runs silently.
+    cat >"$KAFKA_HOME/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dev.chronicle</groupId>
+  <artifactId>kafka-broker</artifactId>
+  <version>$KAFKA_VERSION</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>$KAFKA_LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$KAFKA_LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-api</artifactId><version>$KAFKA_LOG4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+POM
+    (cd "$KAFKA_HOME" && mvn -B -q -Dstyle.color=never -f pom.xml \
+      "org.apache.maven.plugins:maven-dependency-plugin:$MAVEN_DEPENDENCY_PLUGIN_VERSION:copy-dependencies" \
+      -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME/libs") ||
+      die "fetching Apache Kafka $KAFKA_VERSION from Maven Central failed (see above)"
+    local reported
+    reported=$(java -cp "$KAFKA_HOME/libs/*" kafka.Kafka --version 2>/dev/null | head -n 1 || true)
+    [[ $reported == "$KAFKA_VERSION"* ]] ||
+      die "the jars in $KAFKA_HOME/libs do not run as Kafka $KAFKA_VERSION (kafka.Kafka --version: ${reported:-nothing})"
+    touch "$KAFKA_HOME/.complete"
+    say "kafka $KAFKA_VERSION installed ($(du -sh "$KAFKA_HOME/libs" | cut -f1) of jars)"
+  fi
+  exec 9>&-
+}
+
+# Runs a Kafka class from the cached jars with the tools' quiet logging.
+kafka_java() {
+  java -Dlog4j2.configurationFile="$CHRONICLE_ROOT/script/broker/tools-log4j2.properties" \
+    -cp "$KAFKA_HOME/libs/*" "$@"
+}
+
+# Succeeds when HOST:PORT answers a Kafka ApiVersions (v0) request without an error code: a
+# broker is serving. (ApiVersions is the one request every Kafka version answers at v0.)
+kafka_api_versions_ok() {
+  local host=$1 port=$2
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  timeout 5 bash -c '
+    exec 3<>"/dev/tcp/$1/$2" || exit 1
+    # size=19, api_key=18 (ApiVersions), api_version=0, correlation_id=1, client_id="chronicle"
+    printf "\x00\x00\x00\x13\x00\x12\x00\x00\x00\x00\x00\x01\x00\x09chronicle" >&3
+    reply=$(head -c 10 <&3 | od -An -tx1 | tr -d " \n")
+    # size (4 bytes), correlation_id=1, error_code=0
+    [[ ${#reply} -eq 20 && ${reply:8:12} == 000000010000 ]]
+  ' _ "$host" "$port" 2>/dev/null
+}
+
+# Starts a single-node KRaft broker on 127.0.0.1:PORT (its controller on PORT+1) with its data in
+# DATADIR, logging to DATADIR/broker.log and writing DATADIR/broker.pid. Formats DATADIR on first
+# use and keeps it across restarts. Waits until the broker says it started and answers
+# ApiVersions (bounded), and fails loudly, with the end of its log, when it does not.
+# CHRONICLE_KAFKA_HEAP sets the JVM heap (default 512m).
 start_broker() {
-  local port=$1 datadir=$2 timeout=${3:-60} pid deadline
-  [[ -x $TANSU ]] || die "tansu is not installed (run script/bootstrap)"
+  local port=$1 datadir=$2 timeout=${3:-90} controller pid deadline lines
+  controller=$((port + 1))
+  [[ -f $KAFKA_HOME/.complete ]] || die "Apache Kafka is not installed (run script/bootstrap)"
   mkdir -p "$datadir"
   datadir=$(cd "$datadir" && pwd)
-  if port_open 127.0.0.1 "$port"; then
-    die "cannot start the broker: something already listens on 127.0.0.1:$port"
+  local p
+  for p in "$port" "$controller"; do
+    if port_open 127.0.0.1 "$p"; then
+      die "cannot start the broker: something already listens on 127.0.0.1:$p"
+    fi
+  done
+  {
+    cat "$CHRONICLE_ROOT/script/broker/server.properties"
+    cat <<PROPS
+
+# This node (written by script/lib.sh start_broker).
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$controller
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+log.dirs=$datadir/log
+PROPS
+  } >"$datadir/server.properties"
+  if [[ ! -f $datadir/log/meta.properties ]]; then
+    say "formatting a KRaft data directory in $datadir/log"
+    kafka_java kafka.tools.StorageTool format --ignore-formatted \
+      -t "$(kafka_java kafka.tools.StorageTool random-uuid)" \
+      -c "$datadir/server.properties" >>"$datadir/broker.log" 2>&1 || {
+      log_tail "$datadir/broker.log"
+      die "formatting the broker's data directory failed"
+    }
   fi
-  say "starting broker (tansu) on 127.0.0.1:$port, data in $datadir"
-  # The sqlite path must be relative: tansu resolves it against its working directory.
-  # tansu also reads some settings from the environment; keep Chronicle's RUST_LOG and any
-  # schema-registry or OpenTelemetry settings away from it.
-  (
-    cd "$datadir" || exit 1
-    unset RUST_LOG SCHEMA_REGISTRY OTEL_EXPORTER_OTLP_ENDPOINT
-    exec setsid "$TANSU" broker \
-      --cluster-id chronicle \
-      --listener-url "tcp://127.0.0.1:$port" \
-      --advertised-listener-url "tcp://127.0.0.1:$port" \
-      --storage-engine sqlite://broker.db
-  ) >>"$datadir/broker.log" 2>&1 </dev/null &
+  say "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$port (controller :$controller), data in $datadir"
+  touch "$datadir/broker.log"
+  lines=$(wc -l <"$datadir/broker.log")
+  # JVM options as Kafka's own kafka-run-class.sh sets them.
+  # shellcheck disable=SC2086 # the heap option is one word
+  setsid java -Xms"${CHRONICLE_KAFKA_HEAP:-512m}" -Xmx"${CHRONICLE_KAFKA_HEAP:-512m}" \
+    -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+    -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$CHRONICLE_ROOT/script/broker/log4j2.properties" \
+    -cp "$KAFKA_HOME/libs/*" kafka.Kafka "$datadir/server.properties" \
+    >>"$datadir/broker.log" 2>&1 </dev/null &
   pid=$!
   write_pidfile "$datadir/broker.pid" "$pid"
   deadline=$((SECONDS + timeout))
-  until kafka_metadata_ok 127.0.0.1 "$port"; do
+  until tail -n +"$((lines + 1))" "$datadir/broker.log" | grep -q 'Kafka Server started' &&
+    kafka_api_versions_ok 127.0.0.1 "$port"; do
     if ! pid_alive "$pid"; then
       log_tail "$datadir/broker.log"
       rm -f "$datadir/broker.pid"
@@ -216,7 +309,7 @@ start_broker() {
     if ((SECONDS >= deadline)); then
       log_tail "$datadir/broker.log"
       stop_pidfile "$datadir/broker.pid"
-      die "the broker did not answer on 127.0.0.1:$port within ${timeout}s"
+      die "the broker did not start on 127.0.0.1:$port within ${timeout}s"
     fi
     sleep 0.2
   done
@@ -283,8 +376,7 @@ ensure_pg_tools() {
 install_postgresql() {
   command -v apt-get >/dev/null 2>&1 || die "PostgreSQL not found and apt-get unavailable: install PostgreSQL 15+"
   say "installing PostgreSQL with apt-get"
-  as_root apt-get update
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql
+  apt_install postgresql
 }
 
 # Runs a PostgreSQL server binary; initdb and postgres refuse to run as root, so as root they
@@ -404,28 +496,36 @@ ensure_cargo_components() {
   for component in rustfmt clippy; do
     local sub=${component/rustfmt/fmt}
     if ! cargo "$sub" --version >/dev/null 2>&1; then
-      command -v rustup >/dev/null 2>&1 || die "cargo $sub is missing and rustup is not available"
+      command -v rustup >/dev/null 2>&1 ||
+        die "cargo $sub is missing and rustup is not available: install the $component component"
       say "installing the $component component"
-      rustup component add "$component"
+      rustup component add "$component" ||
+        die "cargo $sub is missing and \`rustup component add $component\` failed: CI cannot check $component without it"
     fi
   done
 }
 
 ensure_nextest() {
   if ! cargo nextest --version >/dev/null 2>&1; then
-    say "installing cargo-nextest"
-    cargo install --locked cargo-nextest
+    say "installing cargo-nextest $NEXTEST_VERSION (compiles for about seven minutes, once)"
+    cargo install --locked cargo-nextest --version "$NEXTEST_VERSION"
   fi
   say "nextest: $(cargo nextest --version 2>/dev/null | head -n 1)"
 }
 
-# Everything script/bootstrap guarantees; script/server and script/test call it first.
+# What running Chronicle needs (script/server, script/bench, script/fuzz call it first): cargo,
+# Java and Kafka's jars, PostgreSQL.
 bootstrap() {
   ensure_cargo
+  ensure_java
+  ensure_kafka
+  ensure_postgres
+}
+
+# What testing needs on top (script/bootstrap and script/test): rustfmt, clippy, cargo-nextest.
+bootstrap_tests() {
   ensure_cargo_components
   ensure_nextest
-  ensure_tansu
-  ensure_postgres
 }
 
 # Directory cargo builds into (honours CARGO_TARGET_DIR and .cargo/config).

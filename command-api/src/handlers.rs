@@ -96,7 +96,36 @@ pub(crate) struct Accepted {
 impl AppState {
     /// Appends `envelope` to the log; 503 `broker_unavailable` when the broker does not
     /// acknowledge it in time.
+    ///
+    /// An acknowledgement can come without an offset: when the idempotent producer retries a
+    /// batch whose first acknowledgement was lost (a leader failover), the broker may answer
+    /// DUPLICATE_SEQUENCE_NUMBER, and librdkafka reports the event delivered at offset -1001.
+    /// The event is in the log, but a client could not wait for that position. Appending the
+    /// same envelope again yields a real position after it in the same partition (same key),
+    /// and the projector applies an event id once, so the second copy changes nothing.
     pub(crate) async fn append(&self, envelope: &Envelope) -> Result<Position, Problem> {
+        for _ in 0..3 {
+            let position = self.append_one(envelope).await?;
+            if position.offset >= 0 {
+                return Ok(position);
+            }
+            tracing::warn!(
+                event.id = %envelope.event_id,
+                partition = position.partition,
+                "event acknowledged without its offset; appending it again for a position"
+            );
+        }
+        Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            "the event log accepted the command but did not say where; retry it with the same \
+             Idempotency-Key",
+        )
+        .with_retry_after(std::time::Duration::from_secs(1)))
+    }
+
+    /// One append of `envelope`, with whatever position the broker acknowledged.
+    async fn append_one(&self, envelope: &Envelope) -> Result<Position, Problem> {
         let started = std::time::Instant::now();
         let result = self.producer.send(envelope).await;
         metrics::histogram!("command_produce_duration_seconds")

@@ -1,19 +1,34 @@
-//! Postgres: the connection pool and the migration runner.
+//! Postgres: connection settings (TLS included), the connection pool and the migration runner.
+//!
+//! Every connection Chronicle makes to PostgreSQL, pooled or not, comes from a [`PgConfig`], so
+//! that all of them honour `DATABASE_URL`'s `sslmode` and `sslrootcert` as libpq would (see
+//! [`SslMode`]).
 //!
 //! Each service owns one schema and migrates it at start-up. Migrations run under a session-level
 //! advisory lock named after the schema, so several processes starting at once apply each
 //! migration exactly once; each migration runs in its own transaction with its bookkeeping row.
 
+mod tls;
+mod url;
+
+use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
-/// Database settings shared by the services.
-#[derive(Debug, Clone, clap::Args)]
+use tls::PgTls;
+pub use tls::{PgTlsStream, RootCerts, SslMode, TlsError};
+pub use url::SyntaxError;
+
+/// Database settings shared by the services. `Debug` shows the URL without its password.
+#[derive(Clone, clap::Args)]
 pub struct DatabaseArgs {
-    /// `DATABASE_URL`: the Postgres connection string.
+    /// `DATABASE_URL`: the Postgres connection string, a URL or libpq's `keyword=value` pairs.
+    /// Besides what tokio-postgres reads, libpq's `sslmode` (`disable`, `prefer` (default),
+    /// `require`, `verify-ca`, `verify-full`) and `sslrootcert` (a PEM file of CA certificates;
+    /// without it the system's CA store).
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
@@ -30,15 +45,21 @@ pub struct DatabaseArgs {
     pub pool_size: usize,
 }
 
+impl fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field("url", &url::redacted(&self.url))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
 impl DatabaseArgs {
-    /// The parsed connection settings.
-    pub fn pg_config(&self) -> anyhow::Result<tokio_postgres::Config> {
-        let mut config: tokio_postgres::Config = self
-            .url
-            .parse()
-            .context("DATABASE_URL is not a valid Postgres connection string")?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
+    /// The parsed connection settings, with a 5 s connect timeout unless the URL sets one.
+    pub fn pg_config(&self) -> anyhow::Result<PgConfig> {
+        let mut config = PgConfig::parse(&self.url).context("DATABASE_URL is not usable")?;
+        if config.config.get_connect_timeout().is_none() {
+            config.config.connect_timeout(Duration::from_secs(5));
         }
         Ok(config)
     }
@@ -53,15 +74,139 @@ impl DatabaseArgs {
     /// that must never write.
     pub fn read_only_pool(&self) -> anyhow::Result<Pool> {
         let mut config = self.pg_config()?;
-        config.options("-c default_transaction_read_only=on");
+        config.config.options("-c default_transaction_read_only=on");
         build_pool(config, self.pool_size)
     }
 }
 
-fn build_pool(config: tokio_postgres::Config, size: usize) -> anyhow::Result<Pool> {
+/// How to connect to PostgreSQL: tokio-postgres's settings and the TLS that `sslmode` asks for.
+/// Cheap to clone; `Debug` shows no password.
+#[derive(Clone)]
+pub struct PgConfig {
+    config: tokio_postgres::Config,
+    tls: PgTls,
+    ssl_mode: SslMode,
+    root_certs: Option<RootCerts>,
+}
+
+/// Why a connection string is unusable. Never quotes the string: it holds the password.
+#[derive(Debug, thiserror::Error)]
+pub enum PgConfigError {
+    /// It does not scan as a URL or as `keyword=value` pairs.
+    #[error("not a PostgreSQL connection string: {0}")]
+    Syntax(SyntaxError),
+    /// tokio-postgres refuses a parameter (its error's source says which).
+    #[error(transparent)]
+    Parameter(#[from] tokio_postgres::Error),
+    /// The TLS settings cannot be honoured.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+impl PgConfig {
+    /// Parses a connection string (a URL or `keyword=value` pairs), libpq's `sslmode` and
+    /// `sslrootcert` included, and loads the CA certificates these ask for.
+    pub fn parse(url: &str) -> Result<PgConfig, PgConfigError> {
+        let split = url::split(url).map_err(PgConfigError::Syntax)?;
+        let mut config: tokio_postgres::Config = split.rest.parse()?;
+        let (ssl_mode, root_certs) =
+            tls::settings(split.sslmode.as_deref(), split.sslrootcert.as_deref())?;
+        // libpq ignores sslmode on Unix sockets, where PostgreSQL speaks no TLS; tokio-postgres
+        // would refuse `require` there.
+        let only_sockets = !config.get_hosts().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|host| !matches!(host, tokio_postgres::config::Host::Tcp(_)));
+        config.ssl_mode(if only_sockets {
+            tokio_postgres::config::SslMode::Disable
+        } else {
+            ssl_mode.negotiation()
+        });
+        let tls = tls::connector(ssl_mode, root_certs.as_ref())?;
+        Ok(PgConfig {
+            config,
+            tls,
+            ssl_mode,
+            root_certs,
+        })
+    }
+
+    /// tokio-postgres's part of the settings.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// The `sslmode` in force.
+    pub fn ssl_mode(&self) -> SslMode {
+        self.ssl_mode
+    }
+
+    /// Opens one connection outside any pool (a `LISTEN` session, a session-level lock). The
+    /// connection half must be spawned or polled for the client to work.
+    pub async fn connect(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, PgTlsStream>,
+        ),
+        tokio_postgres::Error,
+    > {
+        self.config.connect(self.tls.clone()).await
+    }
+}
+
+impl fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // tokio-postgres's own `Debug` leaves the password out.
+        f.debug_struct("PgConfig")
+            .field("config", &self.config)
+            .field("sslmode", &self.ssl_mode.as_str())
+            .field(
+                "sslrootcert",
+                &self.root_certs.as_ref().map(|roots| match roots {
+                    RootCerts::System => Path::new("system"),
+                    RootCerts::File(path) => path.as_path(),
+                }),
+            )
+            .finish()
+    }
+}
+
+/// The settings error behind a failed connection, if it is one a retry will not mend: the
+/// server's certificate refused (or TLS otherwise failing), or the server refusing the
+/// credentials or the connection (SQLSTATE class 28: a wrong password, no `pg_hba.conf` entry).
+pub fn configuration_error(err: &tokio_postgres::Error) -> Option<String> {
+    if let Some(tls) = tls::rustls_error(err) {
+        return Some(format!("TLS with the database failed: {tls}"));
+    }
+    // tokio-postgres's own message is a bare "db error": the server's says what it refused.
+    let refusal = err.as_db_error()?;
+    refusal
+        .code()
+        .code()
+        .starts_with("28")
+        .then(|| format!("the database refused the connection: {refusal}"))
+}
+
+/// `err` and its causes, for a log line: tokio-postgres names only the kind of failure ("error
+/// connecting to server") and leaves the why to its sources.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn build_pool(config: PgConfig, size: usize) -> anyhow::Result<Pool> {
     let manager = Manager::from_config(
-        config,
-        NoTls,
+        config.config,
+        config.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -88,7 +233,7 @@ pub struct Migration {
 }
 
 /// Brings `schema` up to date with `migrations`, waiting for the database to be reachable for
-/// up to `patience`.
+/// up to `patience`; a refused certificate or password fails at once ([`configuration_error`]).
 pub async fn migrate(
     pool: &Pool,
     schema: &str,
@@ -97,14 +242,21 @@ pub async fn migrate(
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + patience;
     let mut client = loop {
-        match pool.get().await {
+        let err = match pool.get().await {
             Ok(client) => break client,
-            Err(err) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %err, "database not reachable yet, retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(err) => return Err(err).context("failed to connect to the database to migrate"),
+            Err(err) => err,
+        };
+        // A refused certificate or password does not mend by waiting: say so at once.
+        if let deadpool_postgres::PoolError::Backend(backend) = &err
+            && let Some(reason) = configuration_error(backend)
+        {
+            return Err(err).context(reason);
         }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(err).context("failed to connect to the database to migrate");
+        }
+        tracing::warn!(error = %error_chain(&err), "database not reachable yet, retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let lock_key = format!("chronicle.migrate.{schema}");
     client
@@ -212,4 +364,104 @@ pub fn report_pool_usage(pool: &Pool, name: &'static str) {
             metrics::gauge!("db_pool_waiting", "pool" => name).set(status.waiting as f64);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWORD: &str = "pa55-w0rd-never-shown";
+
+    fn args(url: &str) -> DatabaseArgs {
+        DatabaseArgs {
+            url: url.to_owned(),
+            pool_size: 4,
+        }
+    }
+
+    #[test]
+    fn no_password_appears_in_debug_output_or_errors() {
+        let urls = [
+            format!("postgres://chronicle:{PASSWORD}@db.example:5432/app?sslmode=require"),
+            format!("postgres://chronicle@db.example/app?password={PASSWORD}&sslmode=prefer"),
+            format!("host=db.example user=chronicle password='{PASSWORD}' sslmode=disable"),
+            // Broken in various ways: the errors must not quote the string either.
+            format!("postgres://chronicle:{PASSWORD}@db.example/app?sslmode=sometimes"),
+            format!(
+                "postgres://chronicle:{PASSWORD}@db.example/app?sslrootcert=/no/such.pem&sslmode=verify-full"
+            ),
+            format!("postgres://chronicle:{PASSWORD}@db.example:port/app"),
+            format!("postgres://chronicle:{PASSWORD}@db.example/app?sslcert=/client.pem"),
+            format!("host=db.example password={PASSWORD} more"),
+            format!("host=db.example password='{PASSWORD}"),
+        ];
+        for url in &urls {
+            let args = args(url);
+            let debug = format!("{args:?}");
+            assert!(!debug.contains(PASSWORD), "{debug}");
+            match args.pg_config() {
+                Ok(config) => {
+                    let debug = format!("{config:?}");
+                    assert!(!debug.contains(PASSWORD), "{debug}");
+                }
+                Err(err) => {
+                    let message = format!("{err:#} / {err:?}");
+                    assert!(!message.contains(PASSWORD), "{message}");
+                }
+            }
+        }
+        assert_eq!(
+            format!("{:?}", args(&urls[0])),
+            "DatabaseArgs { url: \"postgres://chronicle:[redacted]@db.example:5432/app?sslmode=require\", pool_size: 4 }"
+        );
+    }
+
+    #[test]
+    fn sslmode_reaches_tokio_postgres_as_the_negotiation_it_needs() {
+        use tokio_postgres::config::SslMode as Negotiation;
+        for (url, mode, negotiation) in [
+            ("postgres://db/app", SslMode::Prefer, Negotiation::Prefer),
+            (
+                "postgres://db/app?sslmode=disable",
+                SslMode::Disable,
+                Negotiation::Disable,
+            ),
+            (
+                "postgres://db/app?sslmode=require",
+                SslMode::Require,
+                Negotiation::Require,
+            ),
+            (
+                "host=db sslmode=verify-full",
+                SslMode::VerifyFull,
+                Negotiation::Require,
+            ),
+            // A Unix socket carries no TLS; libpq ignores sslmode there.
+            (
+                "host=/run/postgresql sslmode=require",
+                SslMode::Require,
+                Negotiation::Disable,
+            ),
+        ] {
+            let config = PgConfig::parse(url).expect(url);
+            assert_eq!(config.ssl_mode(), mode, "{url}");
+            assert_eq!(config.config().get_ssl_mode(), negotiation, "{url}");
+        }
+    }
+
+    #[test]
+    fn unsupported_tls_parameters_are_refused_by_name() {
+        let err = PgConfig::parse("postgres://db/app?sslmode=allow").expect_err("allow");
+        assert!(
+            err.to_string()
+                .starts_with("sslmode=allow is not supported"),
+            "{err}"
+        );
+        let err = PgConfig::parse("postgres://db/app?sslcert=/client.pem").expect_err("sslcert");
+        let message = format!("{:#}", anyhow::Error::new(err));
+        assert_eq!(
+            message,
+            "invalid connection string: unknown option `sslcert`"
+        );
+    }
 }

@@ -1,7 +1,13 @@
 //! Kafka: settings, the events topic, and the event producer.
 //!
 //! Nothing here depends on a particular broker: the same settings work against Apache Kafka,
-//! Redpanda, a managed Kafka, and tansu in development.
+//! Redpanda and a managed Kafka; development runs Apache Kafka. What a managed Kafka needs of
+//! its clients (TLS, SASL) is passed through to librdkafka: see [`properties`].
+
+mod probe;
+pub mod properties;
+
+pub use properties::{KafkaProperties, PropertiesError, is_secret};
 
 use std::time::Duration;
 
@@ -44,36 +50,37 @@ pub struct KafkaArgs {
     #[arg(long = "replication-factor", env = "CHRONICLE_REPLICATION_FACTOR", default_value_t = 1,
           value_parser = clap::value_parser!(i32).range(1..=100))]
     pub replication_factor: i32,
-    /// `CHRONICLE_KAFKA_IDEMPOTENCE`: `true` (default) makes the producer idempotent, so that
-    /// its retries never write an event twice or out of order. Turn it off only for a broker that
-    /// mishandles idempotent producers (tansu 0.6 cannot restart under one): Chronicle stays
-    /// exactly-once without it (the projector drops an event id it has seen), and each command
-    /// is answered only after its event is acknowledged, so commands of one client keep their
-    /// order.
-    #[arg(long = "kafka-idempotence", env = "CHRONICLE_KAFKA_IDEMPOTENCE", default_value_t = true,
-          action = clap::ArgAction::Set)]
-    pub idempotence: bool,
+    /// `CHRONICLE_KAFKA_PROPERTIES_FILE` and `CHRONICLE_KAFKA_<PROPERTY>`: librdkafka
+    /// properties for every client (none by default), checked at start-up; see [`properties`].
+    #[command(flatten)]
+    pub properties: KafkaProperties,
 }
 
 impl KafkaArgs {
-    /// Client settings every Chronicle Kafka client starts from.
+    /// Client settings every Chronicle Kafka client starts from: Chronicle's defaults, then the
+    /// operator's pass-through properties (which may replace those defaults), then the brokers.
+    /// Each client then sets what it needs; the pass-through cannot touch those settings (see
+    /// [`properties::CHRONICLE_OWNS`]).
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
-            .set("bootstrap.servers", &self.brokers)
             .set("client.id", "chronicle")
             .set("socket.keepalive.enable", "true");
+        self.properties.apply(&mut config);
+        config.set("bootstrap.servers", &self.brokers);
         config
     }
 
     /// Creates the events topic when it is missing (infinite retention, the configured partition
     /// count) and returns its partition count. Waits up to `patience` for the broker.
     pub async fn ensure_topic(&self, patience: Duration) -> anyhow::Result<i32> {
+        self.properties.log();
+        let deadline = tokio::time::Instant::now() + patience;
+        probe::await_brokers(self.client_config(), &self.brokers, &self.topic, deadline).await?;
         let admin: AdminClient<DefaultClientContext> = self
             .client_config()
             .create()
             .context("failed to create the Kafka admin client")?;
-        let deadline = tokio::time::Instant::now() + patience;
         loop {
             match self.try_ensure_topic(&admin).await {
                 Ok(partitions) => return Ok(partitions),
@@ -165,14 +172,7 @@ impl EventProducer {
     /// A producer for `kafka.topic`. `source` names the producing service in `ce_source`.
     /// Every send either succeeds or fails within `timeout`.
     pub fn new(kafka: &KafkaArgs, source: &'static str, timeout: Duration) -> anyhow::Result<Self> {
-        let timeout_ms = timeout.as_millis().max(1).to_string();
-        let producer: FutureProducer = kafka
-            .client_config()
-            .set("acks", "all")
-            .set("enable.idempotence", kafka.idempotence.to_string())
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", &timeout_ms)
-            .set("request.timeout.ms", &timeout_ms)
+        let producer: FutureProducer = producer_config(kafka, timeout)
             .create()
             .context("failed to create the Kafka producer")?;
         Ok(EventProducer {
@@ -256,6 +256,20 @@ impl EventProducer {
     }
 }
 
+/// The producer's settings: acks from every in-sync replica, idempotent retries, a short linger
+/// (each command waits for its event), and `timeout` for each send.
+fn producer_config(kafka: &KafkaArgs, timeout: Duration) -> ClientConfig {
+    let timeout_ms = timeout.as_millis().max(1).to_string();
+    let mut config = kafka.client_config();
+    config
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", &timeout_ms)
+        .set("request.timeout.ms", &timeout_ms);
+    config
+}
+
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
     Header {
         key,
@@ -278,8 +292,84 @@ mod tests {
             topic: "unit.events".into(),
             partitions: 3,
             replication_factor: 1,
-            idempotence: true,
+            properties: KafkaProperties::default(),
         }
+    }
+
+    fn with_properties(pairs: &[(&str, &str)]) -> KafkaArgs {
+        let variables = pairs
+            .iter()
+            .map(|(k, v)| (std::ffi::OsString::from(k), std::ffi::OsString::from(v)));
+        KafkaArgs {
+            properties: KafkaProperties::load(variables, None).expect("valid properties"),
+            ..args("broker.example:9093".into())
+        }
+    }
+
+    const MANAGED_KAFKA: &[(&str, &str)] = &[
+        ("CHRONICLE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+        ("CHRONICLE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256"),
+        ("CHRONICLE_KAFKA_SASL_USERNAME", "chronicle"),
+        ("CHRONICLE_KAFKA_SASL_PASSWORD", "the-sasl-password"),
+        ("CHRONICLE_KAFKA_CLIENT_ID", "chronicle-eu-1"),
+    ];
+
+    #[test]
+    fn pass_through_reaches_every_client_but_not_over_chronicle_s_settings() {
+        let kafka = with_properties(MANAGED_KAFKA);
+        let config = kafka.client_config();
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("sasl.mechanisms"), Some("SCRAM-SHA-256"));
+        assert_eq!(config.get("sasl.password"), Some("the-sasl-password"));
+        // A default of Chronicle's gives way to the operator's value...
+        assert_eq!(config.get("client.id"), Some("chronicle-eu-1"));
+        assert_eq!(config.get("bootstrap.servers"), Some("broker.example:9093"));
+        // ...and the producer's guarantees stand, as librdkafka itself reports them.
+        let native = producer_config(&kafka, Duration::from_secs(5))
+            .create_native_config()
+            .expect("a valid producer configuration");
+        assert_eq!(native.get("request.required.acks").expect("acks"), "-1");
+        assert_eq!(
+            native.get("enable.idempotence").expect("idempotence"),
+            "true"
+        );
+        assert_eq!(
+            native.get("security.protocol").expect("protocol"),
+            "sasl_ssl"
+        );
+    }
+
+    #[test]
+    fn a_sasl_ssl_scram_client_can_be_created() {
+        // librdkafka refuses SASL_SSL unless it was built with OpenSSL (`ssl-vendored`).
+        let kafka = with_properties(MANAGED_KAFKA);
+        let producer: Result<FutureProducer, _> =
+            producer_config(&kafka, Duration::from_secs(5)).create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
+    #[test]
+    fn gssapi_is_not_built_in_and_says_so() {
+        let kafka = with_properties(&[
+            ("CHRONICLE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("CHRONICLE_KAFKA_SASL_MECHANISM", "GSSAPI"),
+        ]);
+        let producer: Result<FutureProducer, _> =
+            producer_config(&kafka, Duration::from_secs(5)).create();
+        let err = producer.err().expect("no GSSAPI provider").to_string();
+        assert!(err.contains("GSSAPI"), "{err}");
+    }
+
+    #[test]
+    fn kafka_args_debug_output_shows_no_secret() {
+        let kafka = with_properties(MANAGED_KAFKA);
+        let debug = format!("{kafka:?}");
+        assert!(!debug.contains("the-sasl-password"), "{debug}");
+        assert!(
+            debug.contains("\"sasl.password\": \"[redacted]\""),
+            "{debug}"
+        );
+        assert!(debug.contains("SCRAM-SHA-256"), "{debug}");
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::Position;
+use crate::db::PgConfig;
 
 /// The channel the projector notifies on after each committed batch.
 pub const CHANNEL: &str = "chronicle_progress";
@@ -58,7 +59,7 @@ pub struct Progress {
 impl Progress {
     /// Starts following the projector's progress on `topic` in a background task that lives as
     /// long as the process, reconnecting when the database goes away.
-    pub fn follow(config: tokio_postgres::Config, topic: String) -> Progress {
+    pub fn follow(config: PgConfig, topic: String) -> Progress {
         let (sender, view) = watch::channel(Arc::new(View::default()));
         tokio::spawn(listen_forever(config, topic, sender));
         Progress { view }
@@ -112,14 +113,13 @@ fn reached(offsets: &Offsets, positions: &[Position]) -> bool {
     })
 }
 
-async fn listen_forever(
-    config: tokio_postgres::Config,
-    topic: String,
-    sender: watch::Sender<Arc<View>>,
-) {
+async fn listen_forever(config: PgConfig, topic: String, sender: watch::Sender<Arc<View>>) {
     loop {
         if let Err(err) = listen(&config, &topic, &sender).await {
-            tracing::warn!(error = %err, "lost the progress listener connection, reconnecting");
+            tracing::warn!(
+                error = %crate::db::error_chain(&err),
+                "lost the progress listener connection, reconnecting"
+            );
         }
         if sender.is_closed() {
             return;
@@ -146,11 +146,11 @@ enum Note {
 }
 
 async fn listen(
-    config: &tokio_postgres::Config,
+    config: &PgConfig,
     topic: &str,
     sender: &watch::Sender<Arc<View>>,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect().await?;
     let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

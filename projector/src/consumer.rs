@@ -1,170 +1,39 @@
 //! The projector's Kafka side: a consumer-group member that starts each partition it is given at
 //! the offset stored in Postgres, and routes messages to one worker per partition.
 //!
-//! Kafka's committed offsets are never read or written. On assignment, the rebalance callback
-//! (synchronous, inside `recv()`) reads the stored offsets and assigns the partitions at them.
-//! On revocation, the partitions' workers lose their inboxes; a batch a worker is still applying
-//! is kept from doing harm by the fence in [`crate::batch`].
+//! PostgreSQL holds the offsets that count: on assignment, the rebalance callback ([`rebalance`])
+//! reads the stored offsets and assigns the partitions at them, under either group protocol
+//! (`CHRONICLE_KAFKA_GROUP_PROTOCOL`). On revocation, the partitions' workers lose their inboxes;
+//! a batch a worker is still applying is kept from doing harm by the fence in [`crate::batch`].
+//!
+//! The live projector also reports each applied offset to Kafka, after the PostgreSQL commit that
+//! stored it (librdkafka commits the latest every second, and on revocation and close), so that
+//! Kafka's own tools and lag monitors see the group's real lag. Those committed offsets are
+//! advisory: nothing reads them back.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
-use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::GroupProtocol;
 use crate::batch::{BatchError, Outcome, Partition, Record};
 use crate::generation::Target;
 
+mod rebalance;
+
+pub(crate) use rebalance::Rebalancer;
+
 /// The consumer type the projector uses.
 pub(crate) type EventConsumer = StreamConsumer<Rebalancer>;
-
-/// Rebalance handling with offsets from Postgres.
-pub(crate) struct Rebalancer {
-    pool: Pool,
-    topic: String,
-    target: Target,
-    runtime: tokio::runtime::Handle,
-    owned: Mutex<HashSet<i32>>,
-    /// Per partition, the next offset applied so far (for the lag in `/metrics`).
-    applied: Mutex<HashMap<i32, i64>>,
-}
-
-impl Rebalancer {
-    fn owns(&self, partition: i32) -> bool {
-        self.owned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(&partition)
-    }
-
-    fn stored_offsets(&self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, i64>> {
-        let load = async {
-            let mut offsets = HashMap::new();
-            for partition in partitions {
-                let stored = Partition {
-                    topic: &self.topic,
-                    partition: *partition,
-                    target: &self.target,
-                }
-                .stored_offset(&self.pool)
-                .await?;
-                offsets.insert(*partition, stored);
-            }
-            Ok::<_, BatchError>(offsets)
-        };
-        Ok(tokio::task::block_in_place(|| self.runtime.block_on(load))?)
-    }
-}
-
-impl Rebalancer {
-    fn note_applied(&self, partition: i32, next: i64) {
-        self.applied
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(partition, next);
-    }
-}
-
-impl ClientContext for Rebalancer {
-    /// librdkafka's statistics (every `statistics.interval.ms`) carry each partition's high
-    /// watermark: the lag is how far behind it the applied offset is.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        // A rebuild's consumer is not the projector's lag.
-        if self.target != Target::Active {
-            return;
-        }
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        let applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
-        for (partition, next) in applied.iter() {
-            if !self.owns(*partition) {
-                continue;
-            }
-            if let Some(stats) = topic.partitions.get(partition).filter(|p| p.hi_offset >= 0) {
-                metrics::gauge!("projector_lag_events", "partition" => partition.to_string())
-                    .set((stats.hi_offset - next).max(0) as f64);
-            }
-        }
-    }
-}
-
-impl ConsumerContext for Rebalancer {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        partitions: &mut TopicPartitionList,
-    ) {
-        let numbers: Vec<i32> = partitions
-            .elements()
-            .iter()
-            .map(|e| e.partition())
-            .collect();
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                match self.stored_offsets(&numbers) {
-                    Ok(stored) => {
-                        for (partition, next) in &stored {
-                            if let Err(err) = partitions.set_partition_offset(
-                                &self.topic,
-                                *partition,
-                                Offset::Offset(*next),
-                            ) {
-                                tracing::error!(error = %err, partition, "cannot set start offset");
-                            }
-                        }
-                    }
-                    // Starting from the beginning is safe, only slower: workers skip every
-                    // offset below the stored one.
-                    Err(err) => tracing::warn!(
-                        error = %format!("{err:#}"),
-                        "cannot read stored offsets; starting assigned partitions from the beginning"
-                    ),
-                }
-                self.owned
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .extend(numbers.iter().copied());
-                tracing::info!(partitions = ?numbers, "partitions assigned");
-                if let Err(err) = consumer.assign(partitions) {
-                    tracing::error!(error = %err, "assign failed");
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                {
-                    let mut owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
-                    for partition in &numbers {
-                        owned.remove(partition);
-                    }
-                }
-                tracing::info!(partitions = ?numbers, "partitions revoked");
-                if let Err(err) = consumer.unassign() {
-                    tracing::error!(error = %err, "unassign failed");
-                }
-            }
-            other => {
-                tracing::error!(error = ?other, "rebalance failed; dropping the assignment");
-                self.owned
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clear();
-                if let Err(err) = consumer.unassign() {
-                    tracing::error!(error = %err, "unassign failed");
-                }
-            }
-        }
-    }
-}
 
 /// Settings of the consuming side.
 #[derive(Debug, Clone)]
@@ -173,6 +42,8 @@ pub(crate) struct ConsumeSettings {
     pub(crate) batch_size: usize,
     /// librdkafka's `fetch.wait.max.ms`.
     pub(crate) fetch_wait_ms: u32,
+    /// The consumer group protocol.
+    pub(crate) group_protocol: GroupProtocol,
     /// The generation to project into.
     pub(crate) target: Target,
 }
@@ -215,29 +86,45 @@ fn create(
     pool: Pool,
     owned: HashSet<i32>,
 ) -> anyhow::Result<EventConsumer> {
-    let context = Rebalancer {
-        pool,
-        topic: kafka.topic.clone(),
-        target: settings.target.clone(),
-        runtime: tokio::runtime::Handle::current(),
-        owned: Mutex::new(owned),
-        applied: Mutex::new(HashMap::new()),
-    };
-    kafka
-        .client_config()
+    // Only the live projector reports its offsets to the group; a rebuild's are not its lag.
+    let report_offsets = settings.target == Target::Active;
+    let context = Rebalancer::new(pool, kafka.topic.clone(), settings.target.clone(), owned);
+    let mut config = kafka.client_config();
+    config
         .set("group.id", &settings.group)
-        .set("enable.auto.commit", "false")
+        .set("group.protocol", settings.group_protocol.as_str())
+        // Offsets are stored by hand after each PostgreSQL commit (see `report_applied`) and
+        // committed to Kafka in the background: advisory, for Kafka's tools.
+        .set("enable.auto.commit", report_offsets.to_string())
+        .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "range")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1000")
         .set("enable.partition.eof", "false")
-        // How long the broker may hold a fetch that found nothing new. Kafka answers as soon as
-        // data arrives, whatever this says; a broker that waits it out (tansu 0.6 does) adds
-        // it to every event's way into the read models.
+        // How long the broker may hold a fetch that found nothing new; it answers as soon as
+        // data arrives, so this only sets how often an idle projector asks.
         .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
-        .set("statistics.interval.ms", "5000")
+        .set("statistics.interval.ms", "5000");
+    // How much librdkafka fetches ahead of the workers. Its defaults (64 MiB of queued
+    // messages, 50 MiB per fetch) took the projector to 128 MiB of RSS while it caught up with
+    // a long log; a few MiB keep every partition's workers fed (a batch is at most 500 events
+    // of well under 1 KiB). Operators may set other values through CHRONICLE_KAFKA_*.
+    for (key, value) in [
+        ("queued.max.messages.kbytes", "8192"),
+        ("fetch.max.bytes", "4194304"),
+    ] {
+        if config.get(key).is_none() {
+            config.set(key, value);
+        }
+    }
+    if settings.group_protocol == GroupProtocol::Classic {
+        // A killed projector's partitions move on after 6 s. The consumer protocol has no such
+        // client settings (librdkafka rejects them): the broker's group.consumer.* decide.
+        config
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000");
+    }
+    config
         .create_with_context(context)
         .context("failed to create the Kafka consumer")
 }
@@ -415,6 +302,9 @@ async fn work(
                 }) => {
                     expected = next;
                     consumer.context().note_applied(partition, next);
+                    if settings.target == Target::Active {
+                        report_applied(&consumer, &topic, partition, next);
+                    }
                     metrics::counter!("projector_events_applied_total").increment(applied as u64);
                     applied_total.fetch_add(applied as u64, Ordering::Relaxed);
                     metrics::counter!("projector_dead_letters_total").increment(dead as u64);
@@ -447,6 +337,19 @@ async fn work(
         batch.clear();
     }
     tracing::info!(partition, "stopped projecting partition");
+}
+
+/// Tells Kafka that the group has applied `partition` up to `next` (advisory: committed in the
+/// background, for Kafka's tools and lag monitors; PostgreSQL holds the offsets that count).
+fn report_applied(consumer: &EventConsumer, topic: &str, partition: i32, next: i64) {
+    let mut offsets = TopicPartitionList::new();
+    let stored = offsets
+        .add_partition_offset(topic, partition, Offset::Offset(next))
+        .and_then(|()| consumer.store_offsets(&offsets));
+    // Refused for a partition this member no longer owns, which the next owner reports.
+    if let Err(err) = stored {
+        tracing::debug!(partition, error = %err, "applied offset not reported to Kafka");
+    }
 }
 
 async fn retry<F, Fut>(partition: i32, mut attempt: F) -> i64

@@ -185,6 +185,7 @@ impl Config {
             group,
             batch_size: self.batch_size as usize,
             fetch_wait_ms: self.fetch_wait_ms,
+            group_protocol: self.group_protocol,
             target,
         }
     }
@@ -213,13 +214,23 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
     /// `CHRONICLE_PROJECTOR_FETCH_WAIT_MS`: longest time the broker may hold a fetch that found
-    /// no new events (librdkafka's `fetch.wait.max.ms`; default 20). Kafka and Redpanda answer
-    /// as soon as an event arrives, so there it only sets how often an idle projector asks;
-    /// a broker that always waits it out (tansu 0.6) adds it to every event's way into the
-    /// read models.
-    #[arg(long = "fetch-wait-ms", env = "CHRONICLE_PROJECTOR_FETCH_WAIT_MS", default_value_t = 20,
+    /// no new events (librdkafka's `fetch.wait.max.ms`; default 500). The broker answers as
+    /// soon as an event arrives, so this only sets how often an idle projector asks.
+    #[arg(long = "fetch-wait-ms", env = "CHRONICLE_PROJECTOR_FETCH_WAIT_MS", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(0..=300_000))]
     pub fetch_wait_ms: u32,
+    /// `CHRONICLE_KAFKA_GROUP_PROTOCOL`: the consumer group protocol, `classic` (default) or
+    /// `consumer` (KIP-848, Kafka 4.0 or newer). With `classic` the projector sets its own
+    /// session timeout (6 s) and range assignment; with `consumer` the broker assigns the
+    /// partitions, incrementally, and its `group.consumer.session.timeout.ms` (default 45 s)
+    /// decides how long a killed projector's partitions wait before they move on.
+    #[arg(
+        long = "kafka-group-protocol",
+        env = "CHRONICLE_KAFKA_GROUP_PROTOCOL",
+        value_enum,
+        default_value_t
+    )]
+    pub group_protocol: GroupProtocol,
     /// `CHRONICLE_LOG_FORMAT`: `text` (default) or `json`.
     #[arg(
         long = "log-format",
@@ -234,6 +245,28 @@ pub struct Config {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub database: DatabaseArgs,
+}
+
+/// How the projector's consumer takes part in its consumer group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupProtocol {
+    /// The classic protocol: the group's members agree on the assignment among themselves, and
+    /// every rebalance takes all partitions away and hands them out again.
+    #[default]
+    Classic,
+    /// The consumer protocol of KIP-848: the broker computes the assignment and moves only the
+    /// partitions that change owner.
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// The value of librdkafka's `group.protocol`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
 }
 
 /// A projector that has migrated its schema, joined its group and bound its HTTP port.

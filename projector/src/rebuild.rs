@@ -19,7 +19,6 @@ use anyhow::{Context, bail};
 use chronicle_infra::progress::{CHANNEL, activation_payload};
 use deadpool_postgres::{GenericClient, Pool};
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio_postgres::NoTls;
 
 use crate::consumer;
 use crate::generation::{self, PROJECTION_VERSION, REBUILD_LOCK, Target};
@@ -40,7 +39,7 @@ pub async fn rebuild(config: &Config, accept_diff: bool) -> anyhow::Result<()> {
     let (lock, connection) = config
         .database
         .pg_config()?
-        .connect(NoTls)
+        .connect()
         .await
         .context("cannot reach the database")?;
     tokio::spawn(connection);

@@ -2,26 +2,34 @@
 //! generation, next to the two things it cannot beat, measured in the same run on the same
 //! broker and database:
 //!
-//! - reading the same events from the broker with a bare rdkafka consumer, and
-//! - writing the resulting rows to Postgres with binary `COPY`.
+//! - writing the resulting rows to Postgres with binary `COPY` (the goal: the rebuild at
+//!   0.8x of it or better), and
+//! - reading the same events from the broker with a bare rdkafka consumer (reported beside).
 //!
 //! A generator first writes N realistic events straight to a fresh topic: users, a follow graph,
 //! posts by Zipf-distributed authors, Zipf-distributed likes, a few percent unlikes, deletes and
-//! profile updates. The live projector then projects them (timed too, for reference), and the
-//! rebuild builds generation g2 from offset 0. The table is printed and appended to
-//! BENCHMARKS.md. Run it with `script/bench replay [N]` (default 1,000,000).
+//! profile updates. The live projector then projects them (timed too, against COPY), and the
+//! rebuild builds generation g2 from offset 0. The peak memory of both projector processes, the
+//! CPU each part of the machine used meanwhile, and the broker's heap are reported too. The
+//! table is printed and appended to BENCHMARKS.md. Run it with `script/bench replay [N]`
+//! (default 1,000,000).
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chronicle_tests::bench::{
-    Fixture, Measure, PARTITIONS, Result, report, spawn, wait_until_projected,
+    CpuUse, Fixture, Goal, Measure, PARTITIONS, Result, broker_memory, log_path, peak_rss_mib,
+    spawn, wait_until_projected,
 };
 use futures_util::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_postgres::NoTls;
+
+/// What bounds a peak RSS, as far as this benchmark can tell.
+const OWN_MEMORY: &str = "the projector process's own memory (VmHWM), while it reads the log \
+    faster than it applies it; not broken down further (librdkafka's prefetch queue and fetch \
+    buffers, and the per-partition inboxes, are in it)";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -59,17 +67,20 @@ async fn main() -> Result<()> {
 
     // The live projector catches up (it must: a rebuild never gets ahead of it). Its rate is
     // taken from its first committed batch to its last: start-up, migrations and joining the
-    // consumer group (tansu holds a joining member about 3 s) are not applying events.
+    // consumer group are not applying events.
     let started = Instant::now();
-    let mut live = spawn(&projector, &[], &service_env)?;
+    let mut live = spawn("projector", &projector, &[], &service_env)?;
     let (db, connection) = tokio_postgres::connect(&database_url, NoTls).await?;
     tokio::spawn(connection);
     let first = wait_until_projected(&db, 1).await?;
     let applying = Instant::now();
     let startup_secs = started.elapsed().as_secs_f64();
+    let before = CpuUse::now(&[("projector", live.id())]);
     wait_until_projected(&db, produced as i64).await?;
     let live_secs = applying.elapsed().as_secs_f64();
+    let live_cpu = CpuUse::now(&[("projector", live.id())]).since(&before);
     let live_rate = (produced as f64 - first as f64) / live_secs;
+    let live_peak = peak_rss_mib(live.id());
 
     // Baseline 1: the same events read by a bare consumer.
     let started = Instant::now();
@@ -80,24 +91,33 @@ async fn main() -> Result<()> {
         "the bare consumer read {consumed} of {produced}"
     );
 
-    // The rebuild.
+    // The rebuild, its peak memory read from /proc while it runs.
     let started = Instant::now();
-    let output = Command::new(&projector)
-        .arg("rebuild")
-        .envs(service_env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .output()?;
+    let mut rebuild = spawn("projector-rebuild", &projector, &["rebuild"], &service_env)?;
+    let before = CpuUse::now(&[("projector rebuild", rebuild.id())]);
+    let mut rebuild_peak = None;
+    let mut rebuild_cpu = None;
+    let status = loop {
+        if let Some(peak) = peak_rss_mib(rebuild.id()) {
+            rebuild_peak = Some(peak);
+            // The last reading before it exits covers the whole rebuild.
+            rebuild_cpu = Some(CpuUse::now(&[("projector rebuild", rebuild.id())]).since(&before));
+        }
+        if let Some(status) = rebuild.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let rebuild_secs = started.elapsed().as_secs_f64();
-    print!("{}", String::from_utf8_lossy(&output.stdout));
-    if !output.status.success() {
-        return Err(format!(
-            "the rebuild failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
+    let rebuild_cpu = rebuild_cpu.unwrap_or_default();
+    let log = std::fs::read_to_string(log_path("projector-rebuild")?).unwrap_or_default();
+    print!("{log}");
+    if !status.success() {
+        return Err(format!("the rebuild failed ({status}); its log is above").into());
     }
     let _ = live.kill();
     let _ = live.wait();
+    let broker = broker_memory().unwrap_or_default();
 
     // Baseline 2: the rows the rebuild wrote, written again with binary COPY.
     let (rows, copy_secs) = copy_rows(&db, "read_g2").await?;
@@ -105,22 +125,51 @@ async fn main() -> Result<()> {
     let rate = |secs: f64| produced as f64 / secs;
     let (consumer_rate, copy_rate, rebuild_rate) =
         (rate(consume_secs), rate(copy_secs), rate(rebuild_secs));
-    let measures = [
-        Measure {
-            name: "projector rebuild (whole command, verify included), vs the slower of a bare consumer and COPY",
-            value: rebuild_rate,
-            baseline: Some(consumer_rate.min(copy_rate)),
-            unit: "events/s",
-            goal: ">= 0.8",
-        },
-        Measure {
-            name: "projector, live: events/s applied, vs binary COPY of the same rows",
-            value: live_rate,
-            baseline: Some(copy_rate),
-            unit: "events/s",
-            goal: ">= 0.5",
-        },
+    let mut measures = vec![
+        Measure::new(
+            "projector rebuild, whole command, verify included (baseline: binary COPY of the same rows)",
+            rebuild_rate,
+            "events/s",
+        )
+        .against(copy_rate)
+        .goal(Goal::AtLeastTimes(0.8))
+        .bounded(&rebuild_cpu),
+        Measure::new(
+            "projector rebuild (baseline: a bare consumer reading every event)",
+            rebuild_rate,
+            "events/s",
+        )
+        .against(consumer_rate),
+        Measure::new(
+            "live projector catching up, events/s applied (baseline: binary COPY)",
+            live_rate,
+            "events/s",
+        )
+        .against(copy_rate)
+        .goal(Goal::AtLeastTimes(0.5))
+        .bounded(&live_cpu),
+        Measure::new(
+            "peak RSS: projector, live, catching up",
+            live_peak.unwrap_or(f64::NAN),
+            "MiB",
+        )
+        .goal(Goal::AtMost(64.0))
+        .bounded_by(OWN_MEMORY),
+        Measure::new(
+            "peak RSS: projector rebuild",
+            rebuild_peak.unwrap_or(f64::NAN),
+            "MiB",
+        )
+        .goal(Goal::AtMost(64.0))
+        .bounded_by(OWN_MEMORY),
     ];
+    for (name, value) in [
+        ("broker (JVM): heap, -Xmx", broker.max_heap),
+        ("broker (JVM): heap in use after the load", broker.heap_used),
+        ("broker (JVM): peak RSS", broker.peak_rss),
+    ] {
+        measures.push(Measure::new(name, value.unwrap_or(f64::NAN), "MiB"));
+    }
     let notes = [
         format!(
             "{events} events ({rows} rows in the read models), {PARTITIONS} partitions; produced in {produce_secs:.1} s"
@@ -128,12 +177,14 @@ async fn main() -> Result<()> {
         format!(
             "bare consumer (every event read from the broker): {consume_secs:.1} s, {consumer_rate:.0} events/s; binary COPY of the rows the rebuild wrote, into empty tables with their indexes: {copy_secs:.1} s, {copy_rate:.0} events/s"
         ),
+        format!("projector rebuild: {rebuild_secs:.1} s; CPU meanwhile: {rebuild_cpu}"),
         format!(
-            "projector rebuild: {rebuild_secs:.1} s; live projector: first batch committed {startup_secs:.1} s after start (not counted), then {} events in {live_secs:.1} s",
+            "live projector: first batch committed {startup_secs:.1} s after start (not counted), then {} events in {live_secs:.1} s; CPU meanwhile: {live_cpu}",
             produced as i64 - first
         ),
+        format!("broker: {}", broker.summary()),
     ];
-    report(&format!("replay, {events} events"), &measures, &notes)?;
+    fixture.report(&format!("replay, {events} events"), &measures, &notes)?;
 
     drop(db);
     fixture.finish().await

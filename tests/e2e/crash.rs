@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use serde_json::json;
 
 use crate::harness::{Rng, TestApp, TestPost, TestUser};
 use crate::load::{self, LoadConfig};
@@ -78,32 +77,20 @@ async fn projector_killed_under_load_loses_and_doubles_nothing() {
         app.log_dir().display()
     );
     let (users, seeded) = seed(&app, USERS, SEED_POSTS_PER_USER).await;
-    // A user outside the load whose profile updates probe that a projector is applying events.
-    let prober = app.register_user("prober", "Prober").await;
 
     // Act: load from one task per user while another task kills and restarts the projector.
     let faults_done = Arc::new(AtomicBool::new(false));
     let killer = tokio::spawn({
         let app = app.clone();
         let faults_done = faults_done.clone();
-        let prober = prober.clone();
         let mut rng = Rng::seeded(rng.next_u64());
         async move {
             let mut kills = 0;
-            for round in 0..KILLS {
-                // Kill only a projector that owns its partitions and is applying events: tansu
-                // 0.6 keeps a member killed in the middle of joining the group as a zombie that
-                // holds partitions for good, which no projector can repair. The probe's position
-                // proves the current projector has joined and is applying events.
-                let probe = app
-                    .update_profile(&prober.token, json!({ "bio": format!("probe {round}") }))
-                    .await;
-                probe.assert_status(202);
-                app.wait_for_within(&[probe.str_field("position")], Duration::from_secs(120))
-                    .await;
-                // This sleep times the fault (the projector is busy catching up with the load);
-                // nothing waits on it for a read.
-                tokio::time::sleep(rng.millis_between(200, 1500)).await;
+            for _ in 0..KILLS {
+                // Kill at an arbitrary moment: while the projector catches up with the load,
+                // and also while a projector just started is still joining the group.
+                // This sleep times the fault; nothing waits on it for a read.
+                tokio::time::sleep(rng.millis_between(0, 1500)).await;
                 app.kill_projector();
                 kills += 1;
                 tokio::time::sleep(rng.millis_between(0, 500)).await;
@@ -125,7 +112,7 @@ async fn projector_killed_under_load_loses_and_doubles_nothing() {
     if app.running_projectors() == 0 {
         app.start_projector().await;
     }
-    // tansu hands a killed member's partitions to the new one only after its session timeout.
+    // A killed member's partitions move on after its session timeout (6 s).
     app.wait_for_within(&result.positions, Duration::from_secs(180))
         .await;
 
@@ -136,9 +123,7 @@ async fn projector_killed_under_load_loses_and_doubles_nothing() {
         result.ops.len(),
         result.attempted
     );
-    let mut everyone = users.clone();
-    everyone.push(prober);
-    let model = expected(&everyone, &seeded, &result.ops);
+    let model = expected(&users, &seeded, &result.ops);
     assert_read_models(&app, &model).await;
 
     // A rebuild from the whole log yields the same read models: it compares every table's

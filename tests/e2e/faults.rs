@@ -13,7 +13,7 @@ use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::broker::PrivateBroker;
+use crate::broker::KafkaCluster;
 use crate::harness::{Rng, TestApp, TestUser, scratch_dir};
 use crate::postgres::PrivatePostgres;
 
@@ -69,7 +69,7 @@ async fn projector_killed_20_times_while_100k_events_flow_equals_a_clean_replay(
     // other test's group heartbeats), and a user whose profile updates probe that a projector
     // is applying events.
     let name = format!("broker-{}", uuid::Uuid::now_v7().simple());
-    let broker = tokio::task::spawn_blocking(move || PrivateBroker::start(&scratch_dir(), &name))
+    let broker = tokio::task::spawn_blocking(move || KafkaCluster::single(&scratch_dir(), &name))
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     let app = Arc::new(
@@ -94,18 +94,16 @@ async fn projector_killed_20_times_while_100k_events_flow_equals_a_clean_replay(
     });
     let mut probes = Vec::new();
     for round in 0..KILLS {
-        // Kill only a projector that owns its partitions and is applying events: tansu 0.6
-        // keeps a member killed in the middle of joining the group as a zombie that holds its
-        // partitions for good. The probe's position proves the projector joined and applies.
+        // Kill at an arbitrary moment: while the projector applies events, and also while a
+        // projector that has just started is still joining the group. The probes, each a
+        // profile update, are checked once everything has been applied.
         let probe = app
             .update_profile(&prober.token, json!({ "bio": format!("probe {round}") }))
             .await;
         probe.assert_status(202);
         probes.push(probe.str_field("position"));
-        app.wait_for_within(&probes[round..], Duration::from_secs(120))
-            .await;
         // This sleep times the fault; nothing waits on it for a read.
-        tokio::time::sleep(rng.millis_between(100, 800)).await;
+        tokio::time::sleep(rng.millis_between(0, 1500)).await;
         app.kill_projector();
         app.start_projector().await;
     }
@@ -390,21 +388,17 @@ async fn a_postgres_restart_is_503_database_unavailable_then_everything_recovers
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restart_is_503_broker_unavailable_then_every_acknowledged_command_lands() {
-    // Arrange: Chronicle on a private broker, waiting at most 2 s for an acknowledgement. The
-    // producer is not idempotent here: tansu 0.6, restarted under an idempotent producer,
-    // panics in its storage ("more or less than one row" in its idempotent check) and serves
-    // no more produce requests. Exactly-once does not rest on it (the projector drops event
-    // ids it has seen), and on a real Kafka the default stays on.
+    // Arrange: Chronicle on a private broker, waiting at most 2 s for an acknowledgement, with
+    // its idempotent producer (as always): it must survive the broker's restart.
     let name = format!("broker-{}", uuid::Uuid::now_v7().simple());
     let mut broker =
-        tokio::task::spawn_blocking(move || PrivateBroker::start(&scratch_dir(), &name))
+        tokio::task::spawn_blocking(move || KafkaCluster::single(&scratch_dir(), &name))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     let app = Arc::new(
         TestApp::builder()
             .broker(&broker.address())
             .env("CHRONICLE_PRODUCE_TIMEOUT_MS", "2000")
-            .env("CHRONICLE_KAFKA_IDEMPOTENCE", "false")
             .spawn()
             .await,
     );

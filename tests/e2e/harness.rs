@@ -144,7 +144,10 @@ fn with_database(url: &str, database: &str) -> String {
 
 /// Opens a Postgres connection, panicking with a clear message when the server is unreachable.
 pub(crate) async fn connect_postgres(url: &str) -> tokio_postgres::Client {
-    let connecting = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    // Parsed as the services parse DATABASE_URL, so that admin URLs with libpq's sslmode work.
+    let config = chronicle_infra::db::PgConfig::parse(url)
+        .unwrap_or_else(|e| panic!("unusable Postgres URL {}: {e}", redact(url)));
+    let connecting = config.connect();
     let (client, connection) = tokio::time::timeout(Duration::from_secs(15), connecting)
         .await
         .unwrap_or_else(|_| panic!("timed out connecting to Postgres at {}", redact(url)))
@@ -197,8 +200,9 @@ fn check_broker_reachable(brokers: &str) {
     );
 }
 
-/// Creates `topic` with `partitions` partitions and infinite retention (the log is the truth).
-async fn create_topic(brokers: &str, topic: &str, partitions: u32) {
+/// Creates `topic` with `partitions` partitions of `replicas` replicas each and infinite
+/// retention (the log is the truth).
+async fn create_topic(brokers: &str, topic: &str, partitions: u32, replicas: u32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -206,7 +210,7 @@ async fn create_topic(brokers: &str, topic: &str, partitions: u32) {
     let new_topic = NewTopic::new(
         topic,
         i32::try_from(partitions).expect("partition count fits in i32"),
-        TopicReplication::Fixed(1),
+        TopicReplication::Fixed(i32::try_from(replicas).expect("replica count fits in i32")),
     )
     .set("retention.ms", "-1");
     let options = AdminOptions::new()
@@ -511,6 +515,8 @@ pub(crate) struct TestAppBuilder {
     admin_database_url: Option<String>,
     /// The broker to use instead of the harness's.
     kafka_brokers: Option<String>,
+    /// Replicas of each partition of the test topic.
+    replication_factor: u32,
 }
 
 impl TestAppBuilder {
@@ -544,6 +550,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// Replicas of each partition of the test topic (default 1), also the services'
+    /// `CHRONICLE_REPLICATION_FACTOR`; more than 1 needs a cluster ([`Self::broker`]).
+    pub(crate) fn replication_factor(mut self, replicas: u32) -> Self {
+        self.replication_factor = replicas;
+        self
+    }
+
     /// Sets environment variable `name` of every service.
     pub(crate) fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_owned(), value.to_owned()));
@@ -566,6 +579,8 @@ pub(crate) struct TestApp {
     pub(crate) database_url: String,
     /// The test topic.
     pub(crate) topic: String,
+    /// The projectors' consumer group.
+    pub(crate) group: String,
     /// The broker bootstrap address.
     pub(crate) kafka_brokers: String,
     /// The partition count of the test topic.
@@ -596,6 +611,7 @@ impl TestApp {
             env: Vec::new(),
             admin_database_url: None,
             kafka_brokers: None,
+            replication_factor: 1,
         }
     }
 
@@ -641,7 +657,13 @@ impl TestApp {
         let database_url = with_database(&env.admin_database_url, &database);
 
         // The test topic, created up front because the broker does not auto-create topics.
-        create_topic(&env.kafka_brokers, &topic, builder.partitions).await;
+        create_topic(
+            &env.kafka_brokers,
+            &topic,
+            builder.partitions,
+            builder.replication_factor,
+        )
+        .await;
 
         let log_dir = env.log_root.join(&database);
         std::fs::create_dir_all(&log_dir)
@@ -651,6 +673,10 @@ impl TestApp {
             ("KAFKA_BROKERS", env.kafka_brokers.clone()),
             ("CHRONICLE_TOPIC", topic.clone()),
             ("CHRONICLE_PARTITIONS", builder.partitions.to_string()),
+            (
+                "CHRONICLE_REPLICATION_FACTOR",
+                builder.replication_factor.to_string(),
+            ),
             ("DATABASE_URL", database_url.clone()),
             ("CHRONICLE_JWT_SECRET", jwt_secret.clone()),
             ("CHRONICLE_COMMAND_ADDR", "127.0.0.1:0".to_owned()),
@@ -662,9 +688,8 @@ impl TestApp {
                 "CHRONICLE_CONSISTENCY_WAIT_MS",
                 builder.consistency_wait_ms.to_string(),
             ),
-            // A slow acknowledgement under the load of parallel tests must not become a 503:
-            // librdkafka then bumps the idempotent producer's epoch, which tansu 0.6 does not
-            // survive (its storage task panics and the broker stops serving).
+            // A slow acknowledgement under the load of parallel tests must not become a 503
+            // (tests that want the broker's outage to show set their own).
             ("CHRONICLE_PRODUCE_TIMEOUT_MS", "30000".to_owned()),
             ("CHRONICLE_REQUEST_TIMEOUT_MS", "60000".to_owned()),
             // Tests drive load from one address and a few users; the limits have their own test.
@@ -696,6 +721,7 @@ impl TestApp {
             database,
             database_url,
             topic,
+            group,
             kafka_brokers: env.kafka_brokers.clone(),
             partitions: builder.partitions,
             jwt_secret,
@@ -759,6 +785,20 @@ impl TestApp {
         for mut projector in projectors.drain(..) {
             projector.kill();
         }
+    }
+
+    /// Kills (SIGKILL) the `index`th of the running projector processes (in start order) and
+    /// returns its log file; the others go on.
+    pub(crate) fn kill_projector_at(&self, index: usize) -> PathBuf {
+        let mut projectors = self.projectors.lock().expect("projectors lock");
+        assert!(
+            index < projectors.len(),
+            "there are only {} projectors",
+            projectors.len()
+        );
+        let mut projector = projectors.remove(index);
+        projector.kill();
+        projector.log_path.clone()
     }
 
     /// Kills (SIGKILL) the command API.
@@ -1158,10 +1198,11 @@ impl TestApp {
                 .build()
                 .ok()?;
             runtime.block_on(async move {
-                let (client, connection) =
-                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-                        .await
-                        .ok()?;
+                let (client, connection) = chronicle_infra::db::PgConfig::parse(&admin_url)
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()?;
                 tokio::spawn(connection);
                 client
                     .batch_execute(&format!(

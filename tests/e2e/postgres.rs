@@ -63,6 +63,75 @@ impl PrivatePostgres {
         server
     }
 
+    /// Like [`PrivatePostgres::start`], then restarted with TLS: `cert_pem` (the chain) and
+    /// `key_pem` as its certificate and key, and every TCP connection refused unless it comes
+    /// over TLS with `password`, the `postgres` user's (the Unix socket stays open without one).
+    pub(crate) fn start_with_tls(
+        log_root: &Path,
+        name: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        password: &str,
+    ) -> PrivatePostgres {
+        let server = PrivatePostgres::start(log_root, name);
+        let mut alter = server.tool("psql");
+        alter
+            .arg("-h")
+            .arg(&server.dir)
+            .args([
+                "-p",
+                &server.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(format!("ALTER USER postgres PASSWORD '{password}'"));
+        server.run(&mut alter, "psql ALTER USER");
+        server.stop();
+        let data = server.dir.join("data");
+        let key = data.join("server.key");
+        std::fs::write(data.join("server.crt"), cert_pem).expect("the server certificate");
+        std::fs::write(&key, key_pem).expect("the server key");
+        // PostgreSQL refuses a key others may read, or one its user does not own.
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod 600 the server key");
+        if server.as_postgres {
+            server.run(
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&key)
+                    .arg(data.join("server.crt")),
+                "chown the TLS files",
+            );
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        std::io::Write::write_all(
+            &mut conf,
+            b"\n# tests/e2e/postgres.rs: TLS\nssl = on\nssl_cert_file = 'server.crt'\n\
+              ssl_key_file = 'server.key'\n",
+        )
+        .expect("append to postgresql.conf");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .expect("pg_hba.conf");
+        server.start_again();
+        server
+    }
+
+    /// The server's port on 127.0.0.1.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
     /// A URL of the server's `postgres` database.
     pub(crate) fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)

@@ -1,0 +1,373 @@
+//! The stack benchmark: Chronicle's jobs, each next to the best this machine does with the same
+//! broker and database, measured in one run:
+//!
+//! - command ingest at saturation (2xx commands/s of the full command mix over HTTP), next to
+//!   the bare HTTP baseline (`bare_http`: the same requests, each produced as the same event
+//!   with the same producer settings, nothing else) and a bare rdkafka producer;
+//! - command latency at half Chronicle's saturation rate, on a clock, next to the bare HTTP
+//!   baseline at the same rate;
+//! - freshness at 1,000 commands/s (or half the saturation rate, where that is lower): from a
+//!   command's 202 to its post being readable, next to the broker alone (a bare producer to a
+//!   bare consumer with the projector's fetch settings);
+//! - reads at saturation (profile and home timeline), next to pgbench running the same SQL, and
+//!   their latency at half that rate, next to pgbench's at the same rate;
+//! - peak memory (VmHWM) of each service, and the broker's heap and RSS.
+//!
+//! Load at a set rate is scheduled on a clock, and each latency is measured from the moment its
+//! request was due, not from when it was sent: a stall counts against every request it delays
+//! (no coordinated omission). Before each measure the projector has applied everything in the
+//! log. The CPU each part of the machine used during each measure is in the notes: on two
+//! shared cores it says which part bounds a goal that is missed. Run it with
+//! `script/bench stack`; `CHRONICLE_BENCH_USERS` sets the population (default 2,000),
+//! `CHRONICLE_BENCH_SECONDS` each measure's length (default 10), `CHRONICLE_BENCH_FRESHNESS_RATE`
+//! the freshness measure's rate (default 1,000/s).
+
+mod bare_http;
+mod commands;
+mod freshness;
+mod pgbench;
+mod reads;
+mod services;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chronicle_tests::bench::{
+    CpuUse, Fixture, Goal, Measure, Result, bare_producer, broker_freshness, broker_memory,
+    create_topic, env_parse, measure_time, peak_rss_mib,
+};
+
+use crate::bare_http::BareHttp;
+use crate::commands::{MIX, Mix};
+use crate::pgbench::Pgbench;
+use crate::services::{FOLLOWS_PER_USER, Stack, User};
+
+/// Closed-loop clients of the ingest measures (HTTP and bare producer alike).
+const SATURATION_CLIENTS: usize = 64;
+/// Clients of the read measures, for the query API and pgbench alike (the database allows 100
+/// connections, and the services hold some).
+const READ_CLIENTS: usize = 32;
+/// The goal's rate of the freshness measure (`CHRONICLE_BENCH_FRESHNESS_RATE` changes it, to
+/// see freshness on an idle stack), where the command API takes it.
+const FRESHNESS_RATE: u64 = 1_000;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    if std::env::args().any(|arg| arg == bare_http::FLAG) {
+        return bare_http::serve().await;
+    }
+    run().await
+}
+
+async fn run() -> Result<()> {
+    let duration = measure_time()?;
+    let seconds = duration.as_secs_f64();
+    let users_count: usize = env_parse("CHRONICLE_BENCH_USERS", 2000)?;
+    // The projector's `fetch.wait.max.ms`: handed to it, and used by the broker-alone floor.
+    // Unset, the projector's own default.
+    let fetch_wait_ms: u32 = env_parse("CHRONICLE_PROJECTOR_FETCH_WAIT_MS", 500)?;
+    let fixture = Fixture::create("stack").await?;
+    let mut stack = Stack::start(&fixture, fetch_wait_ms).await?;
+    let db = fixture.connect().await?;
+
+    // A population: users, a follow graph, a post each.
+    let started = Instant::now();
+    let users: Arc<[User]> = stack.seed(&db, users_count).await?.into();
+    wait_until_seeded(&db, users_count).await?;
+    println!(
+        "seeded {users_count} users, {} follows, {users_count} posts in {:.1} s",
+        users_count * FOLLOWS_PER_USER,
+        started.elapsed().as_secs_f64()
+    );
+    let mix = Mix::new(Arc::clone(&users));
+    let http = stack.http.clone();
+
+    // 1. Ingest at saturation: Chronicle, the bare HTTP baseline, the bare producer, one after
+    //    the other, all to the topic the projector consumes.
+    let bare = BareHttp::start(&fixture, &http).await?;
+    let also = [("bare HTTP baseline", bare.pid())];
+    // Its producer connects on the first send; seeding did that for the command API's.
+    commands::saturate(&http, &bare.base, &mix, 8, Duration::from_secs(1)).await;
+    fixture.settle(&db).await?;
+    let before = stack.cpu(&also);
+    let ingest =
+        commands::saturate(&http, &stack.command, &mix, SATURATION_CLIENTS, duration).await;
+    let ingest_cpu = stack.cpu(&also).since(&before);
+    fixture.settle(&db).await?;
+    let before = stack.cpu(&also);
+    let bare_ingest =
+        commands::saturate(&http, &bare.base, &mix, SATURATION_CLIENTS, duration).await;
+    let bare_ingest_cpu = stack.cpu(&also).since(&before);
+    fixture.settle(&db).await?;
+    let before = stack.cpu(&also);
+    let producer = bare_producer(
+        &fixture.brokers,
+        &fixture.topic,
+        SATURATION_CLIENTS,
+        duration,
+    )
+    .await?;
+    let producer_cpu = stack.cpu(&also).since(&before);
+    println!(
+        "ingest: {:.0} commands/s; bare HTTP {:.0}/s; bare producer {producer:.0}/s",
+        ingest.rate, bare_ingest.rate
+    );
+
+    // 2. Command latency at half Chronicle's saturation rate, Chronicle's and the baseline's.
+    let half = (ingest.rate / 2.0).max(1.0);
+    fixture.settle(&db).await?;
+    let before = stack.cpu(&also);
+    let (latency, latency_failed) =
+        commands::at_rate(&http, &stack.command, &mix, half, duration).await;
+    let latency_cpu = stack.cpu(&also).since(&before);
+    fixture.settle(&db).await?;
+    let before = stack.cpu(&also);
+    let (bare_latency, bare_latency_failed) =
+        commands::at_rate(&http, &bare.base, &mix, half, duration).await;
+    let bare_latency_cpu = stack.cpu(&also).since(&before);
+    let bare_peak = peak_rss_mib(bare.pid());
+    drop(bare);
+    println!(
+        "commands at {half:.0}/s: {}; bare HTTP {}",
+        latency.summary(),
+        bare_latency.summary()
+    );
+
+    // 3. Freshness at 1,000 commands/s, or at half the saturation rate where the command API
+    //    cannot take 1,000 (a backlog of unanswered commands would measure the queue, not
+    //    freshness). Its floor, the broker alone, is measured at the end, once the services
+    //    are stopped.
+    let asked: u64 = env_parse("CHRONICLE_BENCH_FRESHNESS_RATE", FRESHNESS_RATE)?;
+    let rate = asked.min((ingest.rate / 2.0) as u64).max(1);
+    fixture.settle(&db).await?;
+    let before = stack.cpu(&[]);
+    let freshness = freshness::measure(&stack, &users, rate, duration).await?;
+    let freshness_cpu = stack.cpu(&[]).since(&before);
+    println!(
+        "freshness at {rate}/s: from due {}; from the 202 {}",
+        freshness.from_due.summary(),
+        freshness.from_ack.summary()
+    );
+
+    // 4. Reads at saturation, next to pgbench; latency at half the rate, next to pgbench's at
+    //    the same rate.
+    fixture.settle(&db).await?;
+    let reads = reads::saturation(&http, &stack.query, &users, READ_CLIENTS, duration).await;
+    let pgbench =
+        Pgbench::prepare(&fixture.database_url, &db, &users, READ_CLIENTS, duration).await?;
+    let pgbench_reads = pgbench.saturation()?;
+    let half_reads = (reads / 2.0).max(1.0);
+    let before = stack.cpu(&[]);
+    let read_latency = reads::at_rate(&http, &stack.query, &users, half_reads, duration).await;
+    let read_cpu = stack.cpu(&[]).since(&before);
+    let before = stack.cpu(&[]);
+    let pgbench_latency = pgbench.at(half_reads)?;
+    let pgbench_cpu = stack.cpu(&[]).since(&before);
+    drop(pgbench);
+    println!(
+        "reads: {reads:.0}/s (pgbench {pgbench_reads:.0}/s); at {half_reads:.0}/s {} (pgbench {})",
+        read_latency.summary(),
+        pgbench_latency.summary()
+    );
+
+    // 5. Peak memory of each service and the broker's heap, then the services stop.
+    let peaks: Vec<(&str, Option<f64>)> = stack
+        .pids()
+        .into_iter()
+        .map(|(name, pid)| (name, peak_rss_mib(pid)))
+        .collect();
+    let broker = broker_memory().unwrap_or_default();
+    stack.stop();
+
+    // The broker alone at the freshness rate: each send, from when it was due and from its
+    // acknowledgement, to a consumer with the projector's fetch settings, nothing else running.
+    let floor_topic = format!("{}.freshness", fixture.topic);
+    create_topic(&fixture.brokers, &floor_topic).await?;
+    let before = CpuUse::now(&[]);
+    let floor = broker_freshness(
+        &fixture.brokers,
+        &floor_topic,
+        rate as f64,
+        duration,
+        fetch_wait_ms,
+    )
+    .await?;
+    let floor_cpu = CpuUse::now(&[]).since(&before);
+    println!(
+        "the broker alone at {rate}/s: from due {}; from the ack {}",
+        floor.from_due.summary(),
+        floor.from_ack.summary()
+    );
+
+    let mut measures = vec![
+        Measure::new(
+            "command ingest at saturation, 2xx commands/s (baseline: bare HTTP)",
+            ingest.rate,
+            "commands/s",
+        )
+        .against(bare_ingest.rate)
+        .goal(Goal::AtLeastTimes(0.8))
+        .bounded(&ingest_cpu),
+        Measure::new(
+            "bare HTTP at saturation (baseline: bare rdkafka producer)",
+            bare_ingest.rate,
+            "commands/s",
+        )
+        .against(producer),
+        Measure::new(
+            format!("command latency at {half:.0}/s, p99 (baseline: bare HTTP, same rate)"),
+            latency.p(0.99),
+            "ms",
+        )
+        .against(bare_latency.p(0.99))
+        .goal(Goal::AtMostTimes(2.0))
+        .bounded(&latency_cpu),
+        Measure::new(
+            format!("command latency at {half:.0}/s, p50 (baseline: bare HTTP, same rate)"),
+            latency.p(0.5),
+            "ms",
+        )
+        .against(bare_latency.p(0.5)),
+        Measure::new(
+            format!(
+                "freshness at {rate}/s, p50: due -> readable (baseline: bare producer -> \
+                 consumer, due -> received)"
+            ),
+            freshness.from_due.p(0.5),
+            "ms",
+        )
+        .against(floor.from_due.p(0.5))
+        .goal(Goal::AtMostTimes(1.5))
+        .bounded(&freshness_cpu),
+        Measure::new(
+            format!(
+                "freshness at {rate}/s, p99: due -> readable (baseline: bare producer -> \
+                 consumer, due -> received)"
+            ),
+            freshness.from_due.p(0.99),
+            "ms",
+        )
+        .against(floor.from_due.p(0.99))
+        .goal(Goal::AtMostTimes(1.5))
+        .bounded(&freshness_cpu),
+        Measure::new(
+            format!("freshness at {rate}/s, p50: 202 -> readable"),
+            freshness.from_ack.p(0.5),
+            "ms",
+        ),
+        Measure::new(
+            format!("freshness at {rate}/s, p99: 202 -> readable"),
+            freshness.from_ack.p(0.99),
+            "ms",
+        ),
+        Measure::new(
+            "reads at saturation, profile + home timeline (baseline: pgbench, same SQL)",
+            reads,
+            "reads/s",
+        )
+        .against(pgbench_reads)
+        .goal(Goal::AtLeastTimes(0.6)),
+        Measure::new(
+            format!("read latency at {half_reads:.0}/s, p99 (baseline: pgbench, same rate)"),
+            read_latency.p(0.99),
+            "ms",
+        )
+        .against(pgbench_latency.p(0.99))
+        .goal(Goal::AtMost(5.0))
+        .bounded(&read_cpu),
+    ];
+    for (name, peak) in peaks {
+        measures.push(
+            Measure::new(
+                format!("peak RSS under load: {name}"),
+                peak.unwrap_or(f64::NAN),
+                "MiB",
+            )
+            .goal(Goal::AtMost(64.0))
+            .bounded_by(format!("the {name} process's own memory (VmHWM)")),
+        );
+    }
+    for (name, value) in [
+        ("broker (JVM): heap, -Xmx", broker.max_heap),
+        ("broker (JVM): heap in use after the load", broker.heap_used),
+        ("broker (JVM): peak RSS", broker.peak_rss),
+    ] {
+        measures.push(Measure::new(name, value.unwrap_or(f64::NAN), "MiB"));
+    }
+
+    let producer_ratio = ingest.rate / producer;
+    let notes = vec![
+        format!(
+            "population: {users_count} users, {} follows, a post each; each measure {seconds:.0} s",
+            users_count * FOLLOWS_PER_USER
+        ),
+        format!(
+            "ingest: {SATURATION_CLIENTS} closed-loop clients for {seconds:.0} s each ({MIX}). \
+             Chronicle: {:.0} commands/s answered 2xx, {} not; latency {}; CPU meanwhile: \
+             {ingest_cpu}. Bare HTTP (the same requests to a minimal axum handler that produces \
+             the same event with the command API's producer settings; no token check, \
+             validation or database): {:.0}/s, {} not 2xx; latency {}; CPU meanwhile: \
+             {bare_ingest_cpu}. Bare rdkafka producer ({SATURATION_CLIENTS} sends in flight of \
+             likes written as the command API writes them, acks=all, idempotent, linger.ms=2): \
+             {producer:.0}/s; CPU meanwhile: {producer_cpu}. Chronicle / bare producer: \
+             {producer_ratio:.2}",
+            ingest.rate,
+            ingest.failed,
+            ingest.latencies.summary(),
+            bare_ingest.rate,
+            bare_ingest.failed,
+            bare_ingest.latencies.summary(),
+        ),
+        format!(
+            "command latency: the mix at {half:.0}/s (half Chronicle's saturation) for \
+             {seconds:.0} s, each from when it was due. Chronicle: {}, {latency_failed} not 2xx; \
+             CPU meanwhile: {latency_cpu}. Bare HTTP: {}, {bare_latency_failed} not 2xx; CPU \
+             meanwhile: {bare_latency_cpu}",
+            latency.summary(),
+            bare_latency.summary(),
+        ),
+        format!(
+            "freshness: {rate} publishes/s (the goal's rate is {FRESHNESS_RATE}/s) for \
+             {seconds:.0} s, each read back with its position; projector fetch.wait.max.ms=\
+             {fetch_wait_ms}. Chronicle, from when each command was due: {}; from its 202: {}; \
+             CPU meanwhile: {freshness_cpu}. The broker alone at the same rate, services \
+             stopped (a producer with the command API's settings to a bare consumer with the \
+             projector's fetch.wait.max.ms), from when each send was due: {}; from its \
+             acknowledgement: {} ({:.0}% received before the acknowledgement: Kafka answers \
+             the produce request and the waiting fetch when the record commits, so measured \
+             from the acknowledgement the broker's floor is about 0, and the ratio is taken \
+             from when each write was due); CPU meanwhile: {floor_cpu}",
+            freshness.from_due.summary(),
+            freshness.from_ack.summary(),
+            floor.from_due.summary(),
+            floor.from_ack.summary(),
+            floor.before_ack() * 100.0,
+        ),
+        format!(
+            "reads: {READ_CLIENTS} clients, half profiles, half home timelines; pgbench runs the \
+             same statements, one read per transaction, {READ_CLIENTS} clients, prepared. At \
+             {half_reads:.0} reads/s: query API {}, CPU meanwhile: {read_cpu}; pgbench (Poisson \
+             arrivals) {}, CPU meanwhile: {pgbench_cpu}",
+            read_latency.summary(),
+            pgbench_latency.summary()
+        ),
+        format!(
+            "memory: peak RSS (VmHWM) of each service after all of the above; the bare HTTP \
+             baseline {}; broker: {}",
+            bare_peak.map_or_else(|| "not measured".to_owned(), |mib| format!("{mib:.1} MiB")),
+            broker.summary()
+        ),
+    ];
+
+    fixture.report("stack", &measures, &notes)?;
+    drop(db);
+    fixture.finish().await
+}
+
+/// Waits until the read models hold the seeded population: a registration, a post and the
+/// follows of each user.
+async fn wait_until_seeded(db: &tokio_postgres::Client, users: usize) -> Result<()> {
+    let events = i64::try_from(users * (2 + FOLLOWS_PER_USER))?;
+    chronicle_tests::bench::wait_until_projected(db, events).await?;
+    Ok(())
+}
