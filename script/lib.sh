@@ -212,10 +212,13 @@ ensure_kafka() {
   </dependencies>
 </project>
 POM
-    (cd "$KAFKA_HOME" && mvn -B -q -Dstyle.color=never -f pom.xml \
+    # Maven 3.8 prints colour codes even in batch mode; they are stripped from what it says
+    # (pipefail keeps Maven's exit code).
+    if ! (cd "$KAFKA_HOME" && mvn -B -q -Dstyle.color=never -f pom.xml \
       "org.apache.maven.plugins:maven-dependency-plugin:$MAVEN_DEPENDENCY_PLUGIN_VERSION:copy-dependencies" \
-      -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME/libs") ||
+      -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME/libs") | sed 's/\x1b\[[0-9;]*m//g'; then
       die "fetching Apache Kafka $KAFKA_VERSION from Maven Central failed (see above)"
+    fi
     local reported
     reported=$(java -cp "$KAFKA_HOME/libs/*" kafka.Kafka --version 2>/dev/null | head -n 1 || true)
     [[ $reported == "$KAFKA_VERSION"* ]] ||
@@ -342,8 +345,10 @@ pg_url_with_db() {
 # /usr/lib/postgresql/*/bin, newest version first.
 pg_server_bindir() {
   local dir candidates=()
+  # Through symlinks: /usr/local/bin may link initdb and pg_ctl alone, while the directory they
+  # live in also holds psql and postgres of the same version.
   if dir=$(command -v initdb 2>/dev/null); then
-    candidates+=("$(dirname "$dir")")
+    candidates+=("$(dirname "$(readlink -f "$dir")")")
   fi
   candidates+=(/usr/local/bin)
   while IFS= read -r dir; do

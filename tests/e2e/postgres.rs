@@ -167,7 +167,10 @@ impl PrivatePostgres {
     }
 
     fn tool(&self, name: &str) -> Command {
-        let path = self.bindir.join(name);
+        // The client tools may live elsewhere than initdb and pg_ctl (Debian puts psql on PATH).
+        let path = Some(self.bindir.join(name))
+            .filter(|path| path.exists())
+            .unwrap_or_else(|| PathBuf::from(name));
         if self.as_postgres {
             let mut command = Command::new("runuser");
             command.args(["-u", "postgres", "--"]).arg(path);
