@@ -216,7 +216,7 @@ POM
     # (pipefail keeps Maven's exit code).
     if ! (cd "$KAFKA_HOME" && mvn -B -q -Dstyle.color=never -f pom.xml \
       "org.apache.maven.plugins:maven-dependency-plugin:$MAVEN_DEPENDENCY_PLUGIN_VERSION:copy-dependencies" \
-      -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME/libs") | sed 's/\x1b\[[0-9;]*m//g'; then
+      -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME/libs") 2>&1 | sed 's/\x1b\[[0-9;]*m//g'; then
       die "fetching Apache Kafka $KAFKA_VERSION from Maven Central failed (see above)"
     fi
     local reported
