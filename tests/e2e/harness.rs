@@ -602,11 +602,14 @@ pub(crate) struct TestApp {
 }
 
 impl TestApp {
-    /// A builder with the defaults: 4 partitions, a 2 s consistency wait, one projector.
+    /// A builder with the defaults: 4 partitions, a 10 s consistency wait, one projector. The
+    /// wait is long because a projector that has just started may still be joining its group
+    /// while parallel tests load the machine (a clean-clone CI run saw a 2 s wait end in
+    /// `stale_read`); tests of the stale read itself set a short one.
     pub(crate) fn builder() -> TestAppBuilder {
         TestAppBuilder {
             partitions: DEFAULT_PARTITIONS,
-            consistency_wait_ms: 2000,
+            consistency_wait_ms: 10_000,
             projectors: 1,
             env: Vec::new(),
             admin_database_url: None,
