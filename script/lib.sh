@@ -327,6 +327,42 @@ psql_cmd() {
 }
 
 # Succeeds when URL accepts a login.
+# The tag of this checkout in the names of the test databases (chronicle_t_<checkout>_<run>_<id>):
+# 8 hex digits of a hash of its path, so that checkouts sharing one PostgreSQL server never touch
+# each other's databases.
+test_checkout_tag() {
+  printf '%s' "$CHRONICLE_ROOT" | sha256sum | cut -c1-8
+}
+
+# A fresh tag for one run of the tests of this checkout: <checkout>_<6 random hex digits>
+# (CHRONICLE_TEST_RUN; the e2e harness names its databases after it).
+new_test_run_tag() {
+  printf '%s_%s' "$(test_checkout_tag)" "$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
+}
+
+# Drops the databases that earlier test runs of checkout CHECKOUT left on the server at ADMIN_URL
+# (a failed test keeps its database for inspection), except those of run KEEP (the run now
+# starting). Only one script/test runs per checkout at a time (its PID file says so), so every
+# other run of this checkout is over; other checkouts' databases are never touched, nor are
+# databases named otherwise.
+drop_earlier_test_databases() {
+  local admin_url=$1 checkout=$2 keep=$3 force="" db
+  [[ $checkout =~ ^[0-9a-f]{8}$ ]] || die "not a checkout tag: $checkout"
+  if (($(psql_cmd "$admin_url" -c 'show server_version_num') >= 130000)); then
+    force=" WITH (FORCE)"
+  fi
+  while IFS= read -r db; do
+    [[ -n $db ]] || continue
+    # Template databases (tests may clone from one) cannot be dropped while marked as templates.
+    psql_cmd "$admin_url" \
+      -c "ALTER DATABASE \"$db\" IS_TEMPLATE false" \
+      -c "DROP DATABASE IF EXISTS \"$db\"$force" >/dev/null
+    say "dropped $db, left by an earlier test run of this checkout"
+  done < <(psql_cmd "$admin_url" -v ours="chronicle_t_${checkout}_" -v keep="chronicle_t_${keep}_" \
+    <<<"select datname from pg_database where starts_with(datname, :'ours')
+          and not starts_with(datname, :'keep') order by 1")
+}
+
 pg_can_login() {
   psql_cmd "$1" -c 'select 1' >/dev/null 2>&1
 }

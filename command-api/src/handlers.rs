@@ -2,31 +2,34 @@
 //! append the event, answer with its position.
 
 use axum::Json;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use chronicle_events::{
     Envelope, Event, PostDeleted, PostLiked, PostPublished, PostUnliked, ProfileUpdated,
     UserFollowed, UserRegistered, UserUnfollowed,
 };
+use chronicle_infra::Problem;
+use chronicle_infra::client::ClientAddress;
 use chronicle_infra::http::{
     JsonBody, Segment, min_positions, parse_id, query_pairs, wait_for_positions,
 };
 use chronicle_infra::kafka::ProduceError;
-use chronicle_infra::{Position, Problem};
+
+use crate::problems;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Actor;
-use crate::idempotency::{Appended, IdempotencyKey};
+use crate::idempotency::{Appended, CommandError, IdempotencyKey, Sent};
 use crate::openapi::{IdempotencyHeader, MinPositions};
 use crate::validate;
 use chronicle_infra::problem::ProblemBody;
 
-type Answer<T> = Result<(StatusCode, Json<T>), Problem>;
+type Answer<T> = Result<(StatusCode, Json<T>), CommandError>;
 
 /// A registration.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -94,8 +97,8 @@ pub(crate) struct Accepted {
 }
 
 impl AppState {
-    /// Appends `envelope` to the log; 503 `broker_unavailable` when the broker does not
-    /// acknowledge it in time.
+    /// Appends `envelope` to the log: acknowledged at a position, refused (503
+    /// `broker_unavailable`: it is not in the log), or with an unknown outcome.
     ///
     /// An acknowledgement can come without an offset: when the idempotent producer retries a
     /// batch whose first acknowledgement was lost (a leader failover), the broker may answer
@@ -103,11 +106,14 @@ impl AppState {
     /// The event is in the log, but a client could not wait for that position. Appending the
     /// same envelope again yields a real position after it in the same partition (same key),
     /// and the projector applies an event id once, so the second copy changes nothing.
-    pub(crate) async fn append(&self, envelope: &Envelope) -> Result<Position, Problem> {
+    pub(crate) async fn append(&self, envelope: &Envelope) -> Sent {
         for _ in 0..3 {
-            let position = self.append_one(envelope).await?;
+            let position = match self.append_one(envelope).await {
+                Sent::Appended(position) => position,
+                other => return other,
+            };
             if position.offset >= 0 {
-                return Ok(position);
+                return Sent::Appended(position);
             }
             tracing::warn!(
                 event.id = %envelope.event_id,
@@ -115,17 +121,12 @@ impl AppState {
                 "event acknowledged without its offset; appending it again for a position"
             );
         }
-        Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "broker_unavailable",
-            "the event log accepted the command but did not say where; retry it with the same \
-             Idempotency-Key",
-        )
-        .with_retry_after(std::time::Duration::from_secs(1)))
+        // In the log, but not where: a retry with the key appends it again for a position.
+        Sent::Unknown
     }
 
     /// One append of `envelope`, with whatever position the broker acknowledged.
-    async fn append_one(&self, envelope: &Envelope) -> Result<Position, Problem> {
+    async fn append_one(&self, envelope: &Envelope) -> Sent {
         let started = std::time::Instant::now();
         let result = self.producer.send(envelope).await;
         metrics::histogram!("command_produce_duration_seconds")
@@ -139,17 +140,26 @@ impl AppState {
                     offset = position.offset,
                     "event appended"
                 );
-                Ok(position)
+                Sent::Appended(position)
             }
-            Err(ProduceError::Unavailable(err)) => {
-                metrics::counter!("command_produce_errors_total").increment(1);
-                tracing::warn!(event.id = %envelope.event_id, error = %err, "event not appended");
-                Err(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "broker_unavailable",
-                    "the event log did not accept the command in time; nothing was changed",
+            Err(ProduceError::Refused(err)) => {
+                metrics::counter!("command_produce_errors_total", "outcome" => "refused")
+                    .increment(1);
+                tracing::warn!(event.id = %envelope.event_id, error = %err, "event refused");
+                Sent::Refused(
+                    Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "broker_unavailable",
+                        "the event log refused the command; nothing was changed",
+                    )
+                    .with_retry_after(std::time::Duration::from_secs(1)),
                 )
-                .with_retry_after(std::time::Duration::from_secs(1)))
+            }
+            Err(ProduceError::Unknown(err)) => {
+                metrics::counter!("command_produce_errors_total", "outcome" => "unknown")
+                    .increment(1);
+                tracing::warn!(event.id = %envelope.event_id, error = %err, "event perhaps appended");
+                Sent::Unknown
             }
         }
     }
@@ -173,7 +183,7 @@ impl AppState {
             .query_opt(&statement, &[&post_id])
             .await?
             .map(|row| row.get(0))
-            .ok_or_else(|| Problem::not_found("post_not_found", "no such post"))
+            .ok_or_else(problems::post_not_found)
     }
 
     /// Checks that a user is registered, from the read models.
@@ -185,7 +195,7 @@ impl AppState {
             .await?;
         match client.query_opt(&statement, &[&user_id]).await? {
             Some(_) => Ok(()),
-            None => Err(Problem::not_found("user_not_found", "no such user")),
+            None => Err(problems::user_not_found()),
         }
     }
 }
@@ -229,8 +239,9 @@ fn address_scope(ip: IpAddr) -> Uuid {
 }
 
 /// `POST /v1/users`: reserve the handle (atomically, in the write-side table), then append
-/// UserRegistered. Without an Idempotency-Key, a reservation whose event was not appended is
-/// released; with one, it is kept for the retry, which appends the same event.
+/// UserRegistered. Without an Idempotency-Key, a reservation whose event the broker refused is
+/// released; with one, or when the outcome is unknown, it is kept for the retry, which appends
+/// the same event.
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = RegisterRequest,
     params(IdempotencyHeader),
     responses(
@@ -238,12 +249,12 @@ fn address_scope(ip: IpAddr) -> Uuid {
         (status = 400, description = "Malformed body or `Idempotency-Key` (`invalid_body`, `validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The handle is taken (`handle_taken`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "A field breaks its rule, or the `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Broker or database unavailable (`broker_unavailable`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable (`broker_unavailable`, `database_unavailable`), or the outcome is unknown (`outcome_unknown`: retry with the `Idempotency-Key` of the answer, also in its `idempotency_key` member)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn register(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(client): ClientAddress,
     key: IdempotencyKey,
     JsonBody(request): JsonBody<RegisterRequest>,
 ) -> Answer<Registered> {
@@ -254,7 +265,7 @@ pub(crate) async fn register(
     let user_id = Uuid::now_v7();
 
     let appended = app
-        .append_once(address_scope(peer.ip()), &key, &fingerprint, async || {
+        .append_once(address_scope(client), &key, &fingerprint, async || {
             app.reserve_handle(&handle, user_id).await?;
             let event = Event::UserRegistered(UserRegistered {
                 user_id,
@@ -267,11 +278,13 @@ pub(crate) async fn register(
         .await;
     let appended = match appended {
         Ok(appended) => appended,
-        Err(problem) => {
-            if key.0.is_none() && problem.code() == "broker_unavailable" {
+        Err(err) => {
+            // Only a definite refusal frees the handle: an event whose outcome is unknown may
+            // be in the log, and its retry (with the key of the answer) appends it again.
+            if key.key.is_none() && err.code() == "broker_unavailable" {
                 app.release_handle(&handle, user_id).await;
             }
-            return Err(problem);
+            return Err(err);
         }
     };
     let user_id = appended.envelope.actor;
@@ -298,11 +311,7 @@ impl AppState {
             )
             .await?;
         if client.execute(&reserve, &[&handle, &user_id]).await? == 0 {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "handle_taken",
-                format!("the handle `{handle}` is taken"),
-            ));
+            return Err(problems::handle_taken(handle));
         }
         Ok(())
     }
@@ -334,7 +343,7 @@ impl AppState {
         (status = 400, description = "Malformed body or `Idempotency-Key` (`invalid_body`, `validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "A field breaks its rule, or the `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Broker or database unavailable (`broker_unavailable`, `database_unavailable`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable (`broker_unavailable`, `database_unavailable`), or the outcome is unknown (`outcome_unknown`: retry with the `Idempotency-Key` of the answer, also in its `idempotency_key` member)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn update_profile(
@@ -344,9 +353,7 @@ pub(crate) async fn update_profile(
     JsonBody(request): JsonBody<ProfileRequest>,
 ) -> Answer<Accepted> {
     if request.display_name.is_none() && request.bio.is_none() {
-        return Err(Problem::validation(
-            "give display_name, bio or both to update",
-        ));
+        return Err(Problem::validation("give display_name, bio or both to update").into());
     }
     let display_name = request
         .display_name
@@ -376,7 +383,7 @@ pub(crate) async fn update_profile(
         (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such post to reply to (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "A field breaks its rule, or the `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`), or the outcome is unknown (`outcome_unknown`: retry with the `Idempotency-Key` of the answer, also in its `idempotency_key` member)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn publish(
@@ -424,7 +431,7 @@ pub(crate) async fn publish(
         (status = 403, description = "Not your post (`forbidden`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "The `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`), or the outcome is unknown (`outcome_unknown`: retry with the `Idempotency-Key` of the answer, also in its `idempotency_key` member)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn delete_post(
@@ -439,11 +446,7 @@ pub(crate) async fn delete_post(
     app.append_once(actor, &key, &fingerprint, async || {
         app.wait(query).await?;
         if app.post_author(post_id).await? != actor {
-            return Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "only the author can delete a post",
-            ));
+            return Err(problems::not_the_author());
         }
         let event = Event::PostDeleted(PostDeleted {
             post_id,
@@ -465,7 +468,7 @@ pub(crate) async fn delete_post(
         (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "The `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`), or the outcome is unknown (`outcome_unknown`: retry with the `Idempotency-Key` of the answer, also in its `idempotency_key` member)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn like(
@@ -500,7 +503,7 @@ pub(crate) async fn like(
         (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such post (`post_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "The `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`), or the outcome is unknown (`outcome_unknown`: retry with the `Idempotency-Key` of the answer, also in its `idempotency_key` member)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn unlike(
@@ -527,11 +530,7 @@ pub(crate) async fn unlike(
 
 fn not_self(actor: Uuid, user_id: Uuid) -> Result<(), Problem> {
     if actor == user_id {
-        Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "cannot_follow_self",
-            "you cannot follow yourself",
-        ))
+        Err(problems::cannot_follow_self())
     } else {
         Ok(())
     }
@@ -547,7 +546,7 @@ fn not_self(actor: Uuid, user_id: Uuid) -> Result<(), Problem> {
         (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Following yourself (`cannot_follow_self`), or the `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`), or the outcome is unknown (`outcome_unknown`: retry with the `Idempotency-Key` of the answer, also in its `idempotency_key` member)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn follow(
@@ -583,7 +582,7 @@ pub(crate) async fn follow(
         (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such user (`user_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Unfollowing yourself (`cannot_follow_self`), or the `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable, or read models behind `min_position` (`broker_unavailable`, `database_unavailable`, `stale_read`), or the outcome is unknown (`outcome_unknown`: retry with the `Idempotency-Key` of the answer, also in its `idempotency_key` member)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn unfollow(

@@ -1,8 +1,9 @@
 //! The command API: HTTP in, validated command, event out to Kafka.
 //!
 //! It is the only producer of events. A command is answered with 2xx only after the broker has
-//! durably acknowledged its event (acks=all); if the broker cannot take it in time the answer is
-//! 503 `broker_unavailable`. It owns the `command` schema (handle reservations, the write-side
+//! durably acknowledged its event (acks=all); if the broker refused it the answer is 503
+//! `broker_unavailable` (nothing changed), and if the event may or may not be in the log, 503
+//! `outcome_unknown` with the `Idempotency-Key` that makes a retry safe. It owns the `command` schema (handle reservations, the write-side
 //! state that makes handles unique) and reads, never writes, the projector's read models to check
 //! that the posts and users a command names exist.
 
@@ -10,6 +11,7 @@ mod auth;
 mod handlers;
 mod idempotency;
 mod openapi;
+mod problems;
 mod validate;
 
 use std::future::Future;
@@ -46,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "idempotency_keys",
         sql: include_str!("../migrations/0002_idempotency_keys.sql"),
     },
+    Migration {
+        version: 3,
+        name: "idempotency_key_expiry",
+        sql: include_str!("../migrations/0003_idempotency_key_expiry.sql"),
+    },
 ];
 
 /// Configuration of the command API, from the environment (or flags).
@@ -80,10 +87,16 @@ pub struct Config {
     )]
     pub consistency_wait_ms: u64,
     /// `CHRONICLE_PRODUCE_TIMEOUT_MS`: longest wait for the broker's acknowledgement before
-    /// answering 503 `broker_unavailable` (default 5000).
+    /// answering 503 `outcome_unknown` (default 5000).
     #[arg(long = "produce-timeout-ms", env = "CHRONICLE_PRODUCE_TIMEOUT_MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(1..=300_000))]
     pub produce_timeout_ms: u64,
+    /// `CHRONICLE_IDEMPOTENCY_KEY_TTL_HOURS`: how long an `Idempotency-Key` is remembered
+    /// (default 24; fractions allowed, e.g. `0.5`). An older key is a new key; expired keys are
+    /// deleted in the background.
+    #[arg(long = "idempotency-key-ttl-hours", env = "CHRONICLE_IDEMPOTENCY_KEY_TTL_HOURS",
+          default_value_t = 24.0, value_parser = parse_ttl_hours)]
+    pub idempotency_key_ttl_hours: f64,
     /// `CHRONICLE_LOG_FORMAT`: `text` (default) or `json`.
     #[arg(
         long = "log-format",
@@ -123,6 +136,8 @@ pub(crate) struct Shared {
     /// Commands per user (`None`: unlimited).
     per_user: Option<RateLimiter<Uuid>>,
     consistency_wait: Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    idempotency_ttl: Duration,
 }
 
 impl std::ops::Deref for AppState {
@@ -143,6 +158,7 @@ pub struct Application {
 impl Application {
     /// Migrates the `command` schema, makes sure the topic exists and binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        chronicle_infra::telemetry::log_configuration(&config);
         let waits = config.produce_timeout_ms + config.consistency_wait_ms;
         anyhow::ensure!(
             config.limits.request_timeout_ms > waits,
@@ -160,6 +176,12 @@ impl Application {
             "/chronicle/command-api",
             Duration::from_millis(config.produce_timeout_ms),
         )?;
+        let idempotency_ttl = Duration::from_secs_f64(config.idempotency_key_ttl_hours * 3600.0);
+        tokio::spawn(idempotency::cleanup(
+            pool.clone(),
+            idempotency_ttl,
+            cleanup_period(idempotency_ttl),
+        ));
         let progress = Progress::follow(config.database.pg_config()?, config.kafka.topic.clone());
         let state = AppState(Arc::new(Shared {
             producer: producer.clone(),
@@ -171,9 +193,15 @@ impl Application {
             ),
             per_user: config.limits.limiter(config.rate_limit_per_user),
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
+            idempotency_ttl,
         }));
         let server = Server::bind("command-api", config.addr).await?;
-        let router = limit_requests(router(state), &config.limits);
+        // Outside the request timeout, so that handlers know when it will end them.
+        let timeout = config.limits.request_timeout();
+        let router =
+            limit_requests(router(state), &config.limits).layer(axum::middleware::from_fn(
+                move |request, next| idempotency::stamp_deadline(timeout, request, next),
+            ));
         Ok(Application {
             server,
             router: with_common_layers(router, metrics, Some(openapi::document())),
@@ -196,6 +224,26 @@ impl Application {
         self.producer.flush(Duration::from_secs(10)).await;
         served
     }
+}
+
+/// Parses `CHRONICLE_IDEMPOTENCY_KEY_TTL_HOURS`: a positive number of hours, at most ten years.
+fn parse_ttl_hours(value: &str) -> Result<f64, String> {
+    let hours: f64 = value
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number of hours"))?;
+    if hours.is_finite() && hours > 0.0 && hours <= 24.0 * 3653.0 {
+        Ok(hours)
+    } else {
+        Err(format!(
+            "`{value}` is not between 0 (excluded) and 87672 hours"
+        ))
+    }
+}
+
+/// How often expired idempotency keys are looked for: a quarter of their lifetime, between one
+/// second and ten minutes.
+fn cleanup_period(ttl: Duration) -> Duration {
+    (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600))
 }
 
 fn router(state: AppState) -> Router {

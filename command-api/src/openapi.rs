@@ -3,7 +3,12 @@
 
 use chronicle_infra::problem::ProblemBody;
 use serde::Deserialize;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{
+    AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, Required};
 use utoipa::{IntoParams, Modify, OpenApi};
 
 use crate::handlers;
@@ -17,6 +22,10 @@ pub(crate) struct IdempotencyHeader {
     /// 1–64 printable ASCII characters. A retry with the same key by the same user returns the
     /// first answer and never takes effect twice; reusing a key for a different request is a
     /// 422. (HTTP drops spaces around a header value, so a key neither starts nor ends with one.)
+    /// A key is remembered for `CHRONICLE_IDEMPOTENCY_KEY_TTL_HOURS` (24 hours by default) from
+    /// its first use; after that it is a new key. A 503 `outcome_unknown` answer carries the
+    /// key to retry with (in this header and in `idempotency_key`), one the server assigned if
+    /// the request had none.
     #[serde(rename = "Idempotency-Key")]
     #[param(value_type = String, required = false, min_length = 1, max_length = 64,
             pattern = "^[!-~]([ -~]{0,62}[!-~])?$")]
@@ -43,7 +52,7 @@ pub(crate) struct IdempotencyHeader {
         handlers::unfollow,
     ),
     components(schemas(ProblemBody)),
-    modifiers(&BearerAuth, &SharedProblems),
+    modifiers(&BearerAuth, &SharedProblems, &Constraints),
     tags(
         (name = "users", description = "Registration, profiles and follows"),
         (name = "posts", description = "Posts and likes"),
@@ -75,6 +84,135 @@ struct SharedProblems;
 impl Modify for SharedProblems {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         chronicle_infra::problem::document_shared_problems(openapi);
+    }
+}
+
+/// What `str::trim` removes (Unicode White_Space), as the inside of a regex character class.
+/// Patterns are ECMA-262 (JSON Schema) and Python (schemathesis) alike: `\uXXXX` escapes, no
+/// flags.
+const SPACE: &str = r"\t-\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+
+/// A `position` (`chronicle_infra::Position::encode`): 12 bytes (partition, then offset, both
+/// big-endian and non-negative) as 16 characters of unpadded base64url. The first character
+/// carries the partition's sign bit, the sixth the offset's.
+pub(crate) const POSITION_PATTERN: &str =
+    "^[A-Za-f][A-Za-z0-9_-]{4}[A-HQ-Xg-nw-z0-3][A-Za-z0-9_-]{10}$";
+
+/// A handle as `validate::handle` accepts it: surrounding white space, then 3–30 characters that
+/// lowercase to `[a-z0-9_]` (ASCII letters, and U+212A KELVIN SIGN, which lowercases to `k`).
+fn handle_pattern() -> String {
+    format!("^[{SPACE}]*[A-Za-z0-9_\\u212A]{{3,30}}[{SPACE}]*$")
+}
+
+/// Text as `validate::bounded` accepts it: no U+0000 anywhere, and `min..=max` Unicode scalar
+/// values once surrounding white space is trimmed (`min` is 0 or 1).
+fn trimmed_text_pattern(min: usize, max: usize) -> String {
+    let core = format!(
+        "[^\\x00{SPACE}]([^\\x00]{{0,{inner}}}[^\\x00{SPACE}])?",
+        inner = max - 2
+    );
+    if min == 0 {
+        format!("^[{SPACE}]*({core}[{SPACE}]*)?$")
+    } else {
+        format!("^[{SPACE}]*{core}[{SPACE}]*$")
+    }
+}
+
+/// States in the document the field rules `validate` enforces, which the derived schemas cannot
+/// say: patterns for trimmed lengths and handles, the shape of a position, and that a profile
+/// change names at least one field.
+struct Constraints;
+
+impl Modify for Constraints {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let display_name = trimmed_text_pattern(1, 50);
+        let bio = trimmed_text_pattern(0, 160);
+        let rules = [
+            ("RegisterRequest", "handle", handle_pattern()),
+            ("RegisterRequest", "display_name", display_name.clone()),
+            ("RegisterRequest", "bio", bio.clone()),
+            ("ProfileRequest", "display_name", display_name),
+            ("ProfileRequest", "bio", bio),
+            ("PublishRequest", "body", trimmed_text_pattern(1, 1000)),
+        ];
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for (schema, field, pattern) in rules {
+            if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema)
+                && let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field)
+            {
+                property.pattern = Some(pattern);
+            }
+        }
+        if let Some(profile) = components.schemas.get_mut("ProfileRequest") {
+            *profile = at_least_one_field(profile.clone(), &["display_name", "bio"]);
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                constrain_positions(operation, path == "/v1/posts");
+            }
+        }
+    }
+}
+
+/// `schema` (an object of optional, nullable fields) with at least one of `fields` given and not
+/// null: `{}` and `{"bio": null}` are refused.
+fn at_least_one_field(schema: RefOr<Schema>, fields: &[&str]) -> RefOr<Schema> {
+    let mut any = AnyOfBuilder::new();
+    for field in fields {
+        any = any.item(
+            ObjectBuilder::new()
+                .property(*field, ObjectBuilder::new().schema_type(Type::String))
+                .required(*field),
+        );
+    }
+    let description = match &schema {
+        RefOr::T(Schema::Object(object)) => object.description.clone(),
+        _ => None,
+    };
+    AllOfBuilder::new()
+        .item(schema)
+        .item(any)
+        .description(description)
+        .into()
+}
+
+/// Gives every `min_position` parameter of `operation` the shape of a position. A publish
+/// (`only_with_reply_to`) reads it only to wait for the post it replies to.
+fn constrain_positions(operation: &mut Operation, only_with_reply_to: bool) {
+    for parameter in operation.parameters.iter_mut().flatten() {
+        if let RefOr::T(parameter) = parameter
+            && parameter.name == "min_position"
+        {
+            parameter.required = Required::False;
+            if only_with_reply_to {
+                parameter.description = Some(
+                    "Only with `reply_to`: wait until the read models include this position \
+                     (the `position` of the post replied to) before checking that it exists; \
+                     repeat for several. Waits at most `CHRONICLE_CONSISTENCY_WAIT_MS`, then \
+                     answers 503 `stale_read`. Without `reply_to` it is not read at all."
+                        .to_owned(),
+                );
+            }
+            parameter.schema = Some(
+                ArrayBuilder::new()
+                    .items(
+                        ObjectBuilder::new()
+                            .schema_type(SchemaType::Type(Type::String))
+                            .pattern(Some(POSITION_PATTERN))
+                            .min_length(Some(16))
+                            .max_length(Some(16)),
+                    )
+                    .into(),
+            );
+        }
     }
 }
 

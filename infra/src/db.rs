@@ -325,24 +325,55 @@ async fn apply_pending(
     Ok(())
 }
 
-/// Whether a failed statement is worth retrying as is: the connection broke, the database is
-/// restarting, or Postgres chose this transaction as a deadlock or serialisation victim.
+/// Whether a failed statement might succeed if retried as is, without any change to what it was
+/// given: the connection broke or could not be made, the server is shutting down, out of
+/// resources or read-only (a failover), the statement ran into a timeout or a lock it could not
+/// take, or the transaction was chosen as a deadlock or serialisation victim.
+///
+/// What is not transient is not necessarily the statement's fault either (a missing table, a
+/// refused privilege); callers decide what to do with those (the projector parks an event only
+/// for a data exception or an integrity violation, see `projector/src/batch.rs`).
 pub fn is_transient(err: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
     if err.is_closed() {
         return true;
     }
     match err.code() {
         None => std::error::Error::source(err).is_some_and(|source| source.is::<std::io::Error>()),
-        Some(code) => {
-            *code == SqlState::T_R_DEADLOCK_DETECTED
-                || *code == SqlState::T_R_SERIALIZATION_FAILURE
-                || *code == SqlState::ADMIN_SHUTDOWN
-                || *code == SqlState::CRASH_SHUTDOWN
-                || *code == SqlState::CANNOT_CONNECT_NOW
-                || code.code().starts_with("08")
-        }
+        Some(code) => is_transient_state(code),
     }
+}
+
+/// The SQLSTATEs (see the PostgreSQL manual's appendix A) of [`is_transient`].
+fn is_transient_state(code: &tokio_postgres::error::SqlState) -> bool {
+    use tokio_postgres::error::SqlState;
+    let class = &code.code()[..2];
+    // 08: connection exception; 53: insufficient resources (disk full, out of memory, too many
+    // connections, a configuration limit).
+    matches!(class, "08" | "53")
+        || [
+            // The transaction was a deadlock or serialisation victim (also of recovery
+            // conflicts on a standby), or its commit's outcome is unknown.
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::T_R_STATEMENT_COMPLETION_UNKNOWN,
+            // Operator intervention: statement_timeout or a cancel, the server shutting down,
+            // restarting or not accepting connections yet, a session timed out.
+            SqlState::QUERY_CANCELED,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::IDLE_SESSION_TIMEOUT,
+            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            // lock_timeout, or NOWAIT on a row someone holds.
+            SqlState::LOCK_NOT_AVAILABLE,
+            // The server's own system or I/O errors.
+            SqlState::SYSTEM_ERROR,
+            SqlState::IO_ERROR,
+            // A write reached a read-only server: a failover to a replica under way.
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::SNAPSHOT_TOO_OLD,
+        ]
+        .contains(code)
 }
 
 /// Publishes `pool`'s usage as gauges every second, for `/metrics`: connections in use and
@@ -376,6 +407,65 @@ mod tests {
         DatabaseArgs {
             url: url.to_owned(),
             pool_size: 4,
+        }
+    }
+
+    #[test]
+    fn sqlstates_are_transient_when_a_retry_as_is_may_succeed() {
+        use tokio_postgres::error::SqlState;
+        let table: &[(&str, bool)] = &[
+            // Connection exceptions, shutdowns, restarts, session timeouts.
+            ("08000", true),
+            ("08006", true),
+            ("08001", true),
+            ("57P01", true),
+            ("57P02", true),
+            ("57P03", true),
+            ("57P05", true),
+            ("25P03", true),
+            // Victims of concurrency.
+            ("40001", true),
+            ("40P01", true),
+            ("40003", true),
+            // Timeouts and locks.
+            ("57014", true),
+            ("55P03", true),
+            // Insufficient resources: disk full, out of memory, too many connections.
+            ("53000", true),
+            ("53100", true),
+            ("53200", true),
+            ("53300", true),
+            ("53400", true),
+            // The server's own failures; a failover to a read-only replica.
+            ("58000", true),
+            ("58030", true),
+            ("25006", true),
+            ("72000", true),
+            // The statement's data: data exceptions, integrity violations, program limits.
+            ("22001", false),
+            ("22003", false),
+            ("22021", false),
+            ("22P02", false),
+            ("23505", false),
+            ("23503", false),
+            ("23502", false),
+            ("23514", false),
+            ("54000", false),
+            // Neither (a retry as is cannot help): missing objects, privileges, a dropped
+            // database, a deferred constraint at commit, an internal error.
+            ("42P01", false),
+            ("42501", false),
+            ("57P04", false),
+            ("40002", false),
+            ("XX000", false),
+            ("58P01", false),
+        ];
+        for (code, transient) in table {
+            assert_eq!(
+                is_transient_state(&SqlState::from_code(code)),
+                *transient,
+                "SQLSTATE {code}"
+            );
         }
     }
 

@@ -151,12 +151,69 @@ impl KafkaArgs {
     }
 }
 
-/// Why an event was not appended.
+/// Why a send did not end in an acknowledgement: whether the event may be in the log.
+///
+/// librdkafka knows per message whether it was persisted (`rd_kafka_message_status`), but
+/// rdkafka 0.39 offers that only through the raw C API, which this workspace forbids
+/// (`unsafe_code = "forbid"`). The error code decides instead, and whatever it does not prove
+/// unsent counts as [`ProduceError::Unknown`]: a message that timed out may have been written
+/// and only its acknowledgement lost (`message.timeout.ms` cannot tell a broker that never got
+/// the request from one that appended it and went silent).
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
-    /// The broker did not acknowledge the event in time; it was not appended.
-    #[error("the broker did not acknowledge the event: {0}")]
-    Unavailable(KafkaError),
+    /// The event certainly is not in the log and never will be: the local queue was full, the
+    /// message too large, the topic unknown, the producer not authorized, or a broker refused
+    /// it before appending.
+    #[error("the event log refused the event: {0}")]
+    Refused(KafkaError),
+    /// The event may be in the log, or may appear there later: the send timed out after the
+    /// message may have reached a broker, or the broker answered that it appended the event
+    /// without enough replicas.
+    #[error("the event log did not say whether it appended the event: {0}")]
+    Unknown(KafkaError),
+}
+
+impl ProduceError {
+    /// Sorts a failed send by what the error proves; see [`ProduceError`].
+    pub fn classify(err: KafkaError) -> ProduceError {
+        use RDKafkaErrorCode as C;
+        let refused = match &err {
+            KafkaError::MessageProduction(code) => matches!(
+                code,
+                C::QueueFull
+                    | C::MessageSizeTooLarge
+                    | C::InvalidMessageSize
+                    | C::MessageBatchTooLarge
+                    | C::UnknownTopic
+                    | C::UnknownPartition
+                    | C::UnknownTopicOrPartition
+                    | C::InvalidTopic
+                    | C::TopicAuthorizationFailed
+                    | C::ClusterAuthorizationFailed
+                    | C::TransactionalIdAuthorizationFailed
+                    | C::SaslAuthenticationFailed
+                    | C::Authentication
+                    | C::InvalidRequiredAcks
+                    | C::InvalidRecord
+                    | C::InvalidMessage
+                    | C::InvalidTimestamp
+                    | C::InvalidArgument
+                    | C::PolicyViolation
+                    | C::UnsupportedForMessageFormat
+                    | C::UnsupportedVersion
+                    | C::NotEnoughReplicas
+                    | C::PurgeQueue
+                    | C::KeySerialization
+                    | C::ValueSerialization
+            ),
+            _ => false,
+        };
+        if refused {
+            ProduceError::Refused(err)
+        } else {
+            ProduceError::Unknown(err)
+        }
+    }
 }
 
 /// Appends events to the log and answers only once the broker has acknowledged them (acks=all,
@@ -222,8 +279,13 @@ impl EventProducer {
                 offset: delivery.offset,
             }),
             Err((err, _)) => {
-                metrics::counter!("events_produce_errors_total").increment(1);
-                Err(ProduceError::Unavailable(err))
+                let err = ProduceError::classify(err);
+                let outcome = match err {
+                    ProduceError::Refused(_) => "refused",
+                    ProduceError::Unknown(_) => "unknown",
+                };
+                metrics::counter!("events_produce_errors_total", "outcome" => outcome).increment(1);
+                Err(err)
             }
         }
     }
@@ -448,14 +510,95 @@ mod tests {
         );
         let started = std::time::Instant::now();
         let result = producer.send(&envelope).await;
+        // The message was never sent, but nothing tells librdkafka's timeout from one of a
+        // message the broker appended without answering: it counts as unknown.
         assert!(
-            matches!(result, Err(ProduceError::Unavailable(_))),
+            matches!(
+                result,
+                Err(ProduceError::Unknown(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageTimedOut
+                )))
+            ),
             "{result:?}"
         );
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "{:?}",
             started.elapsed()
+        );
+    }
+
+    #[test]
+    fn only_errors_that_prove_the_event_unsent_are_refusals() {
+        use RDKafkaErrorCode as C;
+        let class = |code| match ProduceError::classify(KafkaError::MessageProduction(code)) {
+            ProduceError::Refused(_) => "refused",
+            ProduceError::Unknown(_) => "unknown",
+        };
+        for code in [
+            C::QueueFull,
+            C::MessageSizeTooLarge,
+            C::UnknownTopic,
+            C::UnknownTopicOrPartition,
+            C::TopicAuthorizationFailed,
+            C::ClusterAuthorizationFailed,
+            C::NotEnoughReplicas,
+            C::PurgeQueue,
+        ] {
+            assert_eq!(class(code), "refused", "{code:?}");
+        }
+        for code in [
+            C::MessageTimedOut,
+            C::OperationTimedOut,
+            C::RequestTimedOut,
+            C::BrokerTransportFailure,
+            C::NetworkException,
+            C::NotEnoughReplicasAfterAppend,
+            C::PurgeInflight,
+            C::Fatal,
+            C::AllBrokersDown,
+            C::Unknown,
+        ] {
+            assert_eq!(class(code), "unknown", "{code:?}");
+        }
+        // Errors that are not about one message's production prove nothing either.
+        assert!(matches!(
+            ProduceError::classify(KafkaError::Canceled),
+            ProduceError::Unknown(_)
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_message_too_large_is_refused_at_once() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        let kafka = KafkaArgs {
+            properties: KafkaProperties::load(
+                [(
+                    std::ffi::OsString::from("CHRONICLE_KAFKA_MESSAGE_MAX_BYTES"),
+                    std::ffi::OsString::from("1000"),
+                )],
+                None,
+            )
+            .expect("valid properties"),
+            ..args(cluster.bootstrap_servers())
+        };
+        cluster.create_topic(&kafka.topic, 3, 1).expect("topic");
+        let producer =
+            EventProducer::new(&kafka, "/test", Duration::from_secs(5)).expect("producer");
+        let user = Uuid::now_v7();
+        let envelope = Envelope::new(
+            user,
+            Event::PostPublished(chronicle_events::PostPublished {
+                post_id: user,
+                author_id: user,
+                body: "x".repeat(1000),
+                reply_to: None,
+            }),
+        );
+        let result = producer.send(&envelope).await;
+        assert!(
+            matches!(result, Err(ProduceError::Refused(_))),
+            "{result:?}"
         );
     }
 }

@@ -7,6 +7,7 @@
 //! schemas (`command-api` owns `command`, `projector` owns `projection`).
 
 pub mod apidoc;
+pub mod client;
 pub mod db;
 pub mod http;
 pub mod kafka;

@@ -22,6 +22,7 @@ use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Type};
 pub struct Problem {
     status: StatusCode,
     code: &'static str,
+    title: &'static str,
     detail: String,
     retry_after: Option<Duration>,
 }
@@ -32,7 +33,7 @@ pub struct Problem {
 pub struct ProblemBody<'a> {
     /// A URI naming the kind of problem: `urn:chronicle:problem:<code>`.
     #[serde(rename = "type")]
-    #[schema(example = "urn:chronicle:problem:post_not_found")]
+    #[schema(example = "urn:chronicle:problem:validation_failed")]
     kind: String,
     /// A short summary of the kind of problem.
     title: &'static str,
@@ -41,20 +42,32 @@ pub struct ProblemBody<'a> {
     status: u16,
     /// What went wrong in this occurrence.
     detail: &'a str,
-    /// A stable snake_case error code, e.g. `validation_failed`, `handle_taken`, `stale_read`.
-    #[schema(example = "post_not_found")]
+    /// A stable snake_case error code, e.g. `validation_failed`, `stale_read` (each operation
+    /// lists its own).
+    #[schema(example = "validation_failed")]
     code: &'static str,
 }
 
 impl Problem {
-    /// A problem with the given status, contract `code` and detail.
+    /// A problem with the given status, contract `code` and detail. The title is the one of
+    /// the shared codes this crate knows (see [`shared_title`]), or else the status' reason;
+    /// a service gives its own codes their titles with [`Problem::titled`].
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
         Problem {
             status,
             code,
+            title: shared_title(code)
+                .or_else(|| status.canonical_reason())
+                .unwrap_or("Error"),
             detail: detail.into(),
             retry_after: None,
         }
+    }
+
+    /// The same problem with `title` as its short summary (for a service's own codes).
+    pub fn titled(mut self, title: &'static str) -> Problem {
+        self.title = title;
+        self
     }
 
     /// 400 `invalid_body`: the body is not JSON of the expected shape.
@@ -81,7 +94,7 @@ impl Problem {
         Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
     }
 
-    /// 404 with a specific code (`user_not_found`, `post_not_found`, `not_found`).
+    /// 404 with a specific code (`not_found`, or a service's own, e.g. `post_not_found`).
     pub fn not_found(code: &'static str, detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::NOT_FOUND, code, detail)
     }
@@ -136,18 +149,14 @@ impl Problem {
     }
 }
 
-fn title(code: &str) -> &'static str {
-    match code {
+/// The titles of the codes every service shares (those of the layers and plumbing in this
+/// crate); the services title their own domain codes ([`Problem::titled`]).
+fn shared_title(code: &str) -> Option<&'static str> {
+    Some(match code {
         "invalid_body" => "The request body is not valid",
         "validation_failed" => "A value is not valid",
         "invalid_position" => "The position is not valid",
-        "invalid_cursor" => "The cursor is not valid",
         "unauthorized" => "Authentication is required",
-        "forbidden" => "This is not yours",
-        "user_not_found" => "No such user",
-        "post_not_found" => "No such post",
-        "handle_taken" => "The handle is taken",
-        "cannot_follow_self" => "You cannot follow yourself",
         "payload_too_large" => "The request body is too large",
         "rate_limited" => "Too many requests",
         "stale_read" => "The read models are behind",
@@ -155,15 +164,16 @@ fn title(code: &str) -> &'static str {
         "database_unavailable" => "The database is unavailable",
         "method_not_allowed" => "Method not allowed",
         "not_found" => "Not found",
-        _ => "Internal error",
-    }
+        "internal" => "Internal error",
+        _ => return None,
+    })
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = ProblemBody {
             kind: format!("urn:chronicle:problem:{}", self.code),
-            title: title(self.code),
+            title: self.title,
             status: self.status.as_u16(),
             detail: &self.detail,
             code: self.code,

@@ -26,3 +26,9 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
+
+/// Logs a service's configuration at debug level as it starts. Every secret in it must show
+/// redacted in `Debug` (tests/e2e/auth.rs reads every log line for them).
+pub fn log_configuration(config: &impl std::fmt::Debug) {
+    tracing::debug!(?config, "starting with this configuration");
+}

@@ -2,13 +2,17 @@
 -- Generation g1 was built by migrations 0001-0005 into the same shape; a change here is a new
 -- projection (bump PROJECTION_VERSION) and reaches users through a rebuild.
 
+-- Handles are unique where the command API reserves them, not here: two UserRegistered events
+-- for one handle (from history written before outcome_unknown) both become users, and a lookup
+-- by handle names the earliest (joined_at, then user_id). See projection.rs.
 CREATE TABLE {schema}.users (
     user_id      uuid PRIMARY KEY,
-    handle       text NOT NULL UNIQUE,
+    handle       text NOT NULL,
     display_name text NOT NULL,
     bio          text NOT NULL DEFAULT '',
     joined_at    timestamptz NOT NULL
 );
+CREATE INDEX users_handle ON {schema}.users (handle, joined_at, user_id);
 
 CREATE TABLE {schema}.user_counters (
     user_id         uuid PRIMARY KEY,

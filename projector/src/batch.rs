@@ -41,20 +41,29 @@ pub(crate) enum Outcome {
 /// Why a batch was not applied.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BatchError {
-    /// The database is unreachable or chose us as a deadlock victim: retry the same batch.
+    /// The database is unreachable, out of resources, timed out or chose us as a deadlock
+    /// victim: retry the same batch.
     #[error("transient database failure: {0}")]
     Transient(String),
-    /// An event made a statement fail: retry event by event to find and park it.
+    /// An event made a statement fail (see [`is_event_fault`]): retry event by event to find
+    /// and park it.
     #[error("an event could not be applied: {0}")]
     Poisoned(tokio_postgres::Error),
+    /// The database refused the batch for a reason that is neither transient nor the events'
+    /// fault (a missing table, a refused privilege, an internal error): no event is to blame,
+    /// so none is parked; retry until an operator has mended the database.
+    #[error("the database refused the batch: {0}")]
+    Refused(String),
 }
 
 impl From<tokio_postgres::Error> for BatchError {
     fn from(err: tokio_postgres::Error) -> BatchError {
         if is_transient(&err) {
-            BatchError::Transient(err.to_string())
-        } else {
+            BatchError::Transient(describe(&err))
+        } else if is_event_fault(&err) {
             BatchError::Poisoned(err)
+        } else {
+            BatchError::Refused(describe(&err))
         }
     }
 }
@@ -62,6 +71,28 @@ impl From<tokio_postgres::Error> for BatchError {
 impl From<deadpool_postgres::PoolError> for BatchError {
     fn from(err: deadpool_postgres::PoolError) -> BatchError {
         BatchError::Transient(err.to_string())
+    }
+}
+
+/// Whether `err` is the event's own fault, so that it can never apply and may become a dead
+/// letter: a data exception (SQLSTATE class 22: a value out of range, an invalid string), an
+/// integrity constraint violation (class 23: a handle another user holds, a missing row a
+/// foreign key needs) or a program limit the event's data exceeds (class 54: an index row too
+/// large). Every other failure is either transient ([`is_transient`]) or the database's, and
+/// no event is parked for those.
+pub(crate) fn is_event_fault(err: &tokio_postgres::Error) -> bool {
+    err.code().is_some_and(is_event_fault_state)
+}
+
+fn is_event_fault_state(code: &tokio_postgres::error::SqlState) -> bool {
+    matches!(&code.code()[..2], "22" | "23" | "54")
+}
+
+/// What the server said (`Display` of a tokio-postgres error is only "db error").
+fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{db} (SQLSTATE {})", db.code().code()),
+        None => err.to_string(),
     }
 }
 
@@ -215,9 +246,11 @@ impl Partition<'_> {
                     Ok(Once::SeenBefore) => {
                         tracing::info!(event.id = %envelope.event_id, "skipping an event applied before");
                     }
-                    Err(err) if is_transient(&err) => return Err(err.into()),
+                    // Only an event that can never apply is parked; anything else fails the
+                    // batch, which is retried as a whole.
+                    Err(err) if !is_event_fault(&err) => return Err(err.into()),
                     Err(err) => {
-                        let error = format!("could not apply: {err}");
+                        let error = format!("could not apply: {}", describe(&err));
                         self.park(&tx, &generation, record, &error).await?;
                         held.extend(key_of(record));
                         dead += 1;
@@ -410,4 +443,35 @@ pub(crate) async fn first_sightings(
         .iter()
         .map(|row| row.get(0))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::error::SqlState;
+
+    #[test]
+    fn only_the_events_own_faults_park_it() {
+        for (code, parked) in [
+            ("22001", true),
+            ("22P02", true),
+            ("23505", true),
+            ("23503", true),
+            ("54000", true),
+            // Transient: retried as is.
+            ("55P03", false),
+            ("57014", false),
+            ("53100", false),
+            ("40P01", false),
+            ("08006", false),
+            ("25006", false),
+            // The database's: retried until mended.
+            ("42P01", false),
+            ("42501", false),
+            ("XX000", false),
+        ] {
+            let state = SqlState::from_code(code);
+            assert_eq!(is_event_fault_state(&state), parked, "SQLSTATE {code}");
+        }
+    }
 }

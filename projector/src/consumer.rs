@@ -1,36 +1,45 @@
 //! The projector's Kafka side: a consumer-group member that starts each partition it is given at
-//! the offset stored in Postgres, and routes messages to one worker per partition.
+//! the offset stored in Postgres, and works on each partition independently of the others.
 //!
 //! PostgreSQL holds the offsets that count: on assignment, the rebalance callback ([`rebalance`])
 //! reads the stored offsets and assigns the partitions at them, under either group protocol
-//! (`CHRONICLE_KAFKA_GROUP_PROTOCOL`). On revocation, the partitions' workers lose their inboxes;
-//! a batch a worker is still applying is kept from doing harm by the fence in [`crate::batch`].
+//! (`CHRONICLE_KAFKA_GROUP_PROTOCOL`). Every partition's messages go to a queue of its own
+//! (librdkafka's partition queues), read by that partition's worker ([`worker`]), so that a
+//! worker retrying a batch holds up nothing but its own partition; the consumer's main queue is
+//! still polled here, for the rebalances and errors it serves. A revoked partition's worker
+//! stops what it retries; a batch it is still applying is kept from doing harm by the fence in
+//! [`crate::batch`].
 //!
 //! The live projector also reports each applied offset to Kafka, after the PostgreSQL commit that
 //! stored it (librdkafka commits the latest every second, and on revocation and close), so that
 //! Kafka's own tools and lag monitors see the group's real lag. Those committed offsets are
 //! advisory: nothing reads them back.
+//!
+//! Shutdown is bounded: retries stop at once, a batch in flight gets [`SHUTDOWN_GRACE`] to
+//! commit and is then abandoned (rolled back, and redone by the next owner from the offsets in
+//! PostgreSQL), and leaving the group gets [`CLOSE_PATIENCE`] (a broker that is gone notices
+//! the member's absence by itself).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::GroupProtocol;
-use crate::batch::{BatchError, Outcome, Partition, Record};
 use crate::generation::Target;
 
 mod rebalance;
+mod worker;
 
 pub(crate) use rebalance::Rebalancer;
+use worker::{Stop, Worker};
 
 /// The consumer type the projector uses.
 pub(crate) type EventConsumer = StreamConsumer<Rebalancer>;
@@ -69,7 +78,17 @@ pub(crate) fn assign_all(
     pool: Pool,
     start: &HashMap<i32, i64>,
 ) -> anyhow::Result<Arc<EventConsumer>> {
-    let consumer = create(kafka, settings, pool, start.keys().copied().collect())?;
+    let consumer = Arc::new(create(
+        kafka,
+        settings,
+        pool,
+        start.keys().copied().collect(),
+    )?);
+    // Once split off, a partition's queue stays apart from the main one: [`consume`] takes them
+    // up again, and nothing fetched in between reaches the main queue.
+    for partition in start.keys() {
+        drop(consumer.split_partition_queue(&kafka.topic, *partition));
+    }
     let mut assignment = TopicPartitionList::new();
     for (partition, offset) in start {
         assignment.add_partition_offset(&kafka.topic, *partition, Offset::Offset(*offset))?;
@@ -77,7 +96,7 @@ pub(crate) fn assign_all(
     consumer
         .assign(&assignment)
         .context("failed to assign the topic's partitions")?;
-    Ok(Arc::new(consumer))
+    Ok(consumer)
 }
 
 fn create(
@@ -104,12 +123,15 @@ fn create(
         // data arrives, so this only sets how often an idle projector asks.
         .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
         .set("statistics.interval.ms", "5000");
-    // How much librdkafka fetches ahead of the workers. Its defaults (64 MiB of queued
-    // messages, 50 MiB per fetch) took the projector to 128 MiB of RSS while it caught up with
-    // a long log; a few MiB keep every partition's workers fed (a batch is at most 500 events
-    // of well under 1 KiB). Operators may set other values through CHRONICLE_KAFKA_*.
+    // How much librdkafka fetches ahead of the workers. With a queue per partition, its queue
+    // limits apply per partition: its defaults (100,000 messages or 64 MiB each, 50 MiB per
+    // fetch) took the projector to 128 MiB of RSS while it caught up with a long log, and
+    // 8 MiB per partition still to 280 MiB over 12 partitions. A few batches' worth per
+    // partition keeps every worker fed (a batch is at most 500 events of well under 1 KiB).
+    // Operators may set other values through CHRONICLE_KAFKA_*.
     for (key, value) in [
-        ("queued.max.messages.kbytes", "8192"),
+        ("queued.min.messages", "2000"),
+        ("queued.max.messages.kbytes", "1024"),
         ("fetch.max.bytes", "4194304"),
     ] {
         if config.get(key).is_none() {
@@ -129,71 +151,190 @@ fn create(
         .context("failed to create the Kafka consumer")
 }
 
-/// Routes messages to per-partition workers until `shutdown` resolves, then lets the workers
-/// finish what they hold.
+/// How long a batch in flight at shutdown may take to commit before it is abandoned.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long leaving the group (and the final advisory commit) may take at shutdown.
+pub(crate) const CLOSE_PATIENCE: Duration = Duration::from_secs(3);
+/// How often the main queue is polled even when it has nothing: librdkafka counts the
+/// application as alive (`max.poll.interval.ms`) only while it polls.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Works on every partition until `shutdown` resolves, then lets the workers finish the batches
+/// in hand (within [`SHUTDOWN_GRACE`]).
 pub(crate) async fn consume(
     consumer: Arc<EventConsumer>,
     pool: Pool,
     topic: String,
     settings: ConsumeSettings,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let mut inboxes: HashMap<i32, mpsc::Sender<Record>> = HashMap::new();
-    let mut workers = JoinSet::new();
+    let (stop, requested) = Stop::new();
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        stop.request();
+    });
     let applied = Arc::new(AtomicU64::new(0));
     let statistics = tokio::spawn(keep_statistics_fresh(
         pool.clone(),
         settings.target.clone(),
         Arc::clone(&applied),
     ));
-    tokio::pin!(shutdown);
+    let mut workers = Workers {
+        consumer: Arc::clone(&consumer),
+        pool,
+        topic,
+        settings,
+        applied,
+        stop: requested.clone(),
+        started: HashSet::new(),
+        tasks: JoinSet::new(),
+    };
+    // Before the first poll of the main queue, which is where partitions get assigned: each
+    // partition's messages then go to its own queue from its first fetch on.
+    for partition in partitions(&consumer, &workers.topic).await {
+        workers.start(partition);
+    }
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
     loop {
         let message = tokio::select! {
-            () = &mut shutdown => break,
+            () = requested.requested() => break,
+            _ = keepalive.tick() => continue,
             message = consumer.recv() => message,
         };
-        let message = match message {
-            Ok(message) => message,
+        match message {
+            Ok(message) => {
+                // A partition the topic did not have when this member started (or messages
+                // fetched before its queue was split): it gets its queue and worker now, which
+                // seeks back to the stored offset if this skipped anything.
+                let partition = message.partition();
+                drop(message);
+                workers.start(partition);
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "consumer error");
                 metrics::counter!("projector_consumer_errors_total").increment(1);
-                continue;
             }
-        };
-        let partition = message.partition();
-        if !consumer.context().owns(partition) {
-            inboxes.remove(&partition);
-            continue;
         }
-        let record = Record {
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-        };
-        drop(message);
-        let inbox = inboxes.entry(partition).or_insert_with(|| {
-            let (sender, receiver) = mpsc::channel(settings.batch_size * 2);
-            workers.spawn(work(
-                Arc::clone(&consumer),
-                pool.clone(),
-                topic.clone(),
-                partition,
-                settings.clone(),
-                Arc::clone(&applied),
-                receiver,
-            ));
-            sender
-        });
-        if inbox.send(record).await.is_err() {
-            inboxes.remove(&partition);
-        }
-        // Workers whose partition was revoked end once their inbox is dropped and drained.
-        inboxes.retain(|partition, _| consumer.context().owns(*partition));
-        while workers.try_join_next().is_some() {}
     }
-    drop(inboxes);
-    while workers.join_next().await.is_some() {}
+    workers.stop().await;
+    signal.abort();
     statistics.abort();
+}
+
+/// The topic's partitions, as the broker knows them (none if it does not answer: partitions are
+/// then taken up as their messages arrive).
+async fn partitions(consumer: &Arc<EventConsumer>, topic: &str) -> Vec<i32> {
+    let consumer = Arc::clone(consumer);
+    let name = topic.to_owned();
+    let found = tokio::task::spawn_blocking(move || {
+        let metadata = consumer.fetch_metadata(Some(&name), Duration::from_secs(10))?;
+        Ok::<_, rdkafka::error::KafkaError>(
+            metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == name)
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect::<Vec<i32>>(),
+        )
+    })
+    .await;
+    match found {
+        Ok(Ok(partitions)) => partitions,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, topic, "cannot list the topic's partitions");
+            Vec::new()
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, topic, "cannot list the topic's partitions");
+            Vec::new()
+        }
+    }
+}
+
+/// One worker per partition, each reading its partition's own queue.
+struct Workers {
+    consumer: Arc<EventConsumer>,
+    pool: Pool,
+    topic: String,
+    settings: ConsumeSettings,
+    applied: Arc<AtomicU64>,
+    stop: Stop,
+    started: HashSet<i32>,
+    tasks: JoinSet<()>,
+}
+
+impl Workers {
+    /// Splits `partition`'s queue off the main one and starts its worker, once.
+    fn start(&mut self, partition: i32) {
+        if self.started.contains(&partition) {
+            return;
+        }
+        let Some(queue) = self.consumer.split_partition_queue(&self.topic, partition) else {
+            tracing::error!(partition, "cannot split off the partition's queue");
+            return;
+        };
+        self.started.insert(partition);
+        self.tasks.spawn(
+            Worker {
+                consumer: Arc::clone(&self.consumer),
+                queue,
+                pool: self.pool.clone(),
+                topic: self.topic.clone(),
+                partition,
+                settings: self.settings.clone(),
+                applied_total: Arc::clone(&self.applied),
+                stop: self.stop.clone(),
+            }
+            .run(),
+        );
+    }
+
+    /// Waits for the workers to finish, abandoning what is still in flight after
+    /// [`SHUTDOWN_GRACE`].
+    async fn stop(mut self) {
+        let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                "abandoning unfinished batches; they are redone from the offsets in PostgreSQL"
+            );
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// Leaves the group and closes the consumer, giving up after [`CLOSE_PATIENCE`] (a broker that
+/// is gone cannot be told; the group notices by itself). Call after [`consume`] returned.
+pub(crate) async fn close(consumer: Arc<EventConsumer>) {
+    let deadline = tokio::time::Instant::now() + CLOSE_PATIENCE;
+    // The last handle closes the consumer, which blocks on the network: let it be this one, on
+    // a thread of its own (a `/readyz` check may still hold one for a moment). Not the
+    // runtime's blocking pool, which would wait for it at exit.
+    while Arc::strong_count(&consumer) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (closed, done) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            consumer.unsubscribe();
+            drop(consumer);
+            let _ = closed.send(());
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "cannot start a thread to leave the group");
+        return;
+    }
+    if tokio::time::timeout_at(deadline, done).await.is_err() {
+        tracing::warn!(
+            patience_seconds = CLOSE_PATIENCE.as_secs(),
+            "the consumer did not close in time; leaving the group to notice"
+        );
+    }
 }
 
 /// Events applied between two `ANALYZE`s of the generation's tables.
@@ -215,174 +356,5 @@ async fn keep_statistics_fresh(pool: Pool, target: Target, applied: Arc<AtomicU6
             Ok(()) => since = 0,
             Err(err) => tracing::warn!(error = %format!("{err:#}"), "ANALYZE failed"),
         }
-    }
-}
-
-/// One partition's worker: takes what has arrived (up to `batch_size`) and applies it as one
-/// batch, again and again.
-async fn work(
-    consumer: Arc<EventConsumer>,
-    pool: Pool,
-    topic: String,
-    partition: i32,
-    settings: ConsumeSettings,
-    applied_total: Arc<AtomicU64>,
-    mut inbox: mpsc::Receiver<Record>,
-) {
-    let batch_size = settings.batch_size;
-    let part = Partition {
-        topic: &topic,
-        partition,
-        target: &settings.target,
-    };
-    let mut expected = retry(partition, || part.stored_offset(&pool)).await;
-    consumer.context().note_applied(partition, expected);
-    tracing::info!(partition, offset = expected, "projecting partition");
-    let mut batch: Vec<Record> = Vec::with_capacity(batch_size);
-    let mut held: Vec<Record> = Vec::new();
-    let mut gap_seen_at = None;
-    loop {
-        if held.is_empty() {
-            if inbox.recv_many(&mut batch, batch_size).await == 0 {
-                break;
-            }
-        } else {
-            // A rebuild never gets ahead of the active generation: what lies beyond its
-            // stored offset waits here until the live projector has applied it.
-            batch.append(&mut held);
-            while batch.len() < batch_size {
-                match inbox.try_recv() {
-                    Ok(record) => batch.push(record),
-                    Err(_) => break,
-                }
-            }
-        }
-        if matches!(settings.target, Target::Building(_)) {
-            let bound = retry(partition, || part.active_offset(&pool)).await;
-            if let Some(at) = batch.iter().position(|r| r.offset >= bound) {
-                held = batch.split_off(at);
-            }
-            if batch.is_empty() {
-                if inbox.is_closed() && inbox.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        }
-        let started = Instant::now();
-        // Offsets in our topic are contiguous, so a batch that does not start at the stored
-        // offset holds messages read ahead before a seek. Seek back once; if the same gap comes
-        // back, the log really has a hole there (compaction, transaction markers): accept it.
-        let first = batch
-            .iter()
-            .map(|r| r.offset)
-            .filter(|o| *o >= expected)
-            .min();
-        if let Some(first) = first.filter(|first| *first > expected && gap_seen_at != Some(*first))
-        {
-            tracing::warn!(
-                partition,
-                expected,
-                first,
-                "gap before the batch; seeking back"
-            );
-            gap_seen_at = Some(first);
-            seek(&consumer, &topic, partition, expected).await;
-            batch.clear();
-            continue;
-        }
-        let mut careful = false;
-        loop {
-            match part.apply_batch(&pool, expected, &batch, careful).await {
-                Ok(Outcome::Applied {
-                    next,
-                    applied,
-                    dead,
-                }) => {
-                    expected = next;
-                    consumer.context().note_applied(partition, next);
-                    if settings.target == Target::Active {
-                        report_applied(&consumer, &topic, partition, next);
-                    }
-                    metrics::counter!("projector_events_applied_total").increment(applied as u64);
-                    applied_total.fetch_add(applied as u64, Ordering::Relaxed);
-                    metrics::counter!("projector_dead_letters_total").increment(dead as u64);
-                    metrics::histogram!("projector_batch_size").record(batch.len() as f64);
-                    metrics::histogram!("projector_batch_duration_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    break;
-                }
-                Ok(Outcome::Fenced { stored }) => {
-                    tracing::warn!(
-                        partition,
-                        expected,
-                        stored,
-                        "another owner moved this partition; resuming from its offset"
-                    );
-                    expected = stored;
-                    seek(&consumer, &topic, partition, stored).await;
-                    break;
-                }
-                Err(BatchError::Poisoned(err)) if !careful => {
-                    tracing::warn!(partition, error = %err, "a batch failed; retrying event by event");
-                    careful = true;
-                }
-                Err(err) => {
-                    tracing::warn!(partition, error = %err, "batch not applied; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-        batch.clear();
-    }
-    tracing::info!(partition, "stopped projecting partition");
-}
-
-/// Tells Kafka that the group has applied `partition` up to `next` (advisory: committed in the
-/// background, for Kafka's tools and lag monitors; PostgreSQL holds the offsets that count).
-fn report_applied(consumer: &EventConsumer, topic: &str, partition: i32, next: i64) {
-    let mut offsets = TopicPartitionList::new();
-    let stored = offsets
-        .add_partition_offset(topic, partition, Offset::Offset(next))
-        .and_then(|()| consumer.store_offsets(&offsets));
-    // Refused for a partition this member no longer owns, which the next owner reports.
-    if let Err(err) = stored {
-        tracing::debug!(partition, error = %err, "applied offset not reported to Kafka");
-    }
-}
-
-async fn retry<F, Fut>(partition: i32, mut attempt: F) -> i64
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<i64, BatchError>>,
-{
-    loop {
-        match attempt().await {
-            Ok(value) => return value,
-            Err(err) => {
-                tracing::warn!(partition, error = %err, "cannot read the stored offset; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
-
-async fn seek(consumer: &Arc<EventConsumer>, topic: &str, partition: i32, offset: i64) {
-    let consumer = Arc::clone(consumer);
-    let topic = topic.to_owned();
-    let sought = tokio::task::spawn_blocking(move || {
-        consumer.seek(
-            &topic,
-            partition,
-            Offset::Offset(offset),
-            Duration::from_secs(5),
-        )
-    })
-    .await;
-    match sought {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => tracing::warn!(partition, error = %err, "seek failed"),
-        Err(err) => tracing::warn!(partition, error = %err, "seek task failed"),
     }
 }

@@ -76,6 +76,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "held_dead_letters",
         sql: include_str!("../migrations/0006_held_dead_letters.sql"),
     },
+    Migration {
+        version: 7,
+        name: "handles_not_unique",
+        sql: include_str!("../migrations/0007_handles_not_unique.sql"),
+    },
 ];
 
 /// The projector's command line: what to do, and the configuration (from the environment).
@@ -106,7 +111,12 @@ pub enum Command {
     },
     /// Print, per partition, the stored offset, the high watermark and the lag, and the number
     /// of dead letters awaiting a decision.
-    Status,
+    Status {
+        /// One JSON object instead of the table (`topic`, `partitions`, `total_lag`,
+        /// `dead_letters.open`, `dead_letters.recorded`, `generations`), for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and resolve events that could not be projected.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
@@ -269,6 +279,9 @@ impl GroupProtocol {
     }
 }
 
+/// How long requests in flight at shutdown may take to finish.
+const HTTP_PATIENCE: Duration = Duration::from_secs(1);
+
 /// A projector that has migrated its schema, joined its group and bound its HTTP port.
 pub struct Projector {
     config: Config,
@@ -288,6 +301,7 @@ struct Health {
 impl Projector {
     /// Migrates, makes sure the topic exists, joins the consumer group and binds the HTTP port.
     pub async fn build(config: Config) -> anyhow::Result<Projector> {
+        chronicle_infra::telemetry::log_configuration(&config);
         let metrics = install_metrics()?;
         let pool = config.database.pool()?;
         chronicle_infra::db::report_pool_usage(&pool, "projector");
@@ -322,7 +336,8 @@ impl Projector {
         self.server.local_addr()
     }
 
-    /// Projects until `shutdown` resolves, then finishes the batches in hand and leaves the group.
+    /// Projects until `shutdown` resolves, then finishes the batches in hand and leaves the group
+    /// (within a few seconds, also when the broker or the database are gone).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -343,14 +358,17 @@ impl Projector {
         )
         .await;
         let _ = stop_http.send(());
-        let consumer = self.consumer;
-        // Leaving the group blocks on the network.
-        tokio::task::spawn_blocking(move || {
-            consumer.unsubscribe();
-            drop(consumer);
-        })
-        .await?;
-        http.await??;
+        // A `/readyz` in flight may wait for a database that is gone: shutdown does not.
+        let mut http = http;
+        let served = tokio::time::timeout(HTTP_PATIENCE, &mut http).await;
+        if served.is_err() {
+            tracing::warn!("dropping HTTP requests still in flight at shutdown");
+            http.abort();
+        }
+        consumer::close(self.consumer).await;
+        if let Ok(served) = served {
+            served??;
+        }
         tracing::info!("projector stopped");
         Ok(())
     }

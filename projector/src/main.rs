@@ -17,9 +17,9 @@ async fn main() -> anyhow::Result<()> {
             let kafka = config.kafka;
             tokio::task::spawn_blocking(move || projector::print_events(&kafka, partition)).await?
         }
-        Command::Status => {
+        Command::Status { json } => {
             let pool = config.migrated_pool().await?;
-            projector::print_status(&config.kafka, &pool).await
+            projector::print_status(&config.kafka, &pool, json).await
         }
         Command::Rebuild { accept_diff } => projector::rebuild(&config, accept_diff).await,
         Command::Verify { a, b } => {

@@ -11,14 +11,101 @@ use chronicle_infra::kafka::KafkaArgs;
 use chronicle_infra::progress::{CHANNEL, notification_payload};
 use deadpool_postgres::Pool;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::Serialize;
 
 use crate::batch::{Once, apply_once};
 use crate::generation;
 use crate::projection::CounterDeltas;
 
-/// `projector status`: per partition, the stored offset, the broker's high watermark and the
-/// lag; then the dead letters awaiting a decision.
-pub async fn print_status(kafka: &KafkaArgs, pool: &Pool) -> anyhow::Result<()> {
+/// What `projector status` reports: per partition, the stored offset, the broker's high
+/// watermark and the lag; the dead letters awaiting a decision; the generations.
+#[derive(Debug, Serialize)]
+pub(crate) struct Status {
+    pub(crate) topic: String,
+    pub(crate) partitions: Vec<PartitionStatus>,
+    /// The sum of the partitions' lags.
+    pub(crate) total_lag: i64,
+    pub(crate) dead_letters: DeadLetterCounts,
+    pub(crate) generations: Vec<GenerationStatus>,
+}
+
+/// One partition of [`Status`].
+#[derive(Debug, Serialize)]
+pub(crate) struct PartitionStatus {
+    pub(crate) partition: i32,
+    /// The next offset the active generation will apply (0 before the first event).
+    pub(crate) stored_offset: i64,
+    pub(crate) high_watermark: i64,
+    /// Events in the log the active generation has not applied yet.
+    pub(crate) lag: i64,
+}
+
+/// The dead letters of the active generation.
+#[derive(Debug, Serialize)]
+pub(crate) struct DeadLetterCounts {
+    /// Awaiting a decision (`projector dead-letters retry|skip`).
+    pub(crate) open: i64,
+    /// Recorded in all, resolved or not.
+    pub(crate) recorded: i64,
+}
+
+/// One generation of [`Status`].
+#[derive(Debug, Serialize)]
+pub(crate) struct GenerationStatus {
+    pub(crate) name: String,
+    pub(crate) schema: String,
+    pub(crate) state: String,
+    pub(crate) code_version: i32,
+    pub(crate) created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `projector status [--json]`: the [`Status`], as a table for people or as one JSON object for
+/// programs (scripts waiting for the projector read `total_lag` and `dead_letters.open`).
+pub async fn print_status(kafka: &KafkaArgs, pool: &Pool, json: bool) -> anyhow::Result<()> {
+    let status = status(kafka, pool).await?;
+    if json {
+        println!("{}", serde_json::to_string(&status)?);
+        return Ok(());
+    }
+    println!(
+        "topic {} ({} partitions)",
+        status.topic,
+        status.partitions.len()
+    );
+    println!(
+        "{:>9} {:>14} {:>14} {:>10}",
+        "partition", "stored offset", "high watermark", "lag"
+    );
+    for p in &status.partitions {
+        println!(
+            "{:>9} {:>14} {:>14} {:>10}",
+            p.partition, p.stored_offset, p.high_watermark, p.lag
+        );
+    }
+    println!(
+        "{:>9} {:>14} {:>14} {:>10}",
+        "total", "", "", status.total_lag
+    );
+    println!(
+        "dead letters: {} awaiting a decision ({} recorded in all)",
+        status.dead_letters.open, status.dead_letters.recorded
+    );
+    for g in &status.generations {
+        println!(
+            "generation {} ({}): {}, projection code v{}, created {}",
+            g.name,
+            g.schema,
+            g.state,
+            g.code_version,
+            g.created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    Ok(())
+}
+
+/// Gathers the [`Status`] from PostgreSQL and the broker.
+pub(crate) async fn status(kafka: &KafkaArgs, pool: &Pool) -> anyhow::Result<Status> {
     let client = pool.get().await.context("cannot reach the database")?;
     let active = generation::active(&client).await?;
     let stored: std::collections::HashMap<i32, i64> = client
@@ -32,22 +119,20 @@ pub async fn print_status(kafka: &KafkaArgs, pool: &Pool) -> anyhow::Result<()> 
         .iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
-    let kafka = kafka.clone();
-    let watermarks = tokio::task::spawn_blocking(move || high_watermarks(&kafka)).await??;
-
-    println!("topic {} ({} partitions)", watermarks.0, watermarks.1.len());
-    println!(
-        "{:>9} {:>14} {:>14} {:>10}",
-        "partition", "stored offset", "high watermark", "lag"
-    );
-    let mut total_lag = 0;
-    for (partition, high) in &watermarks.1 {
-        let next = stored.get(partition).copied().unwrap_or(0);
-        let lag = (high - next).max(0);
-        total_lag += lag;
-        println!("{partition:>9} {next:>14} {high:>14} {lag:>10}");
-    }
-    println!("{:>9} {:>14} {:>14} {total_lag:>10}", "total", "", "");
+    let args = kafka.clone();
+    let (topic, highs) = tokio::task::spawn_blocking(move || high_watermarks(&args)).await??;
+    let partitions: Vec<PartitionStatus> = highs
+        .into_iter()
+        .map(|(partition, high_watermark)| {
+            let stored_offset = stored.get(&partition).copied().unwrap_or(0);
+            PartitionStatus {
+                partition,
+                stored_offset,
+                high_watermark,
+                lag: (high_watermark - stored_offset).max(0),
+            }
+        })
+        .collect();
     let row = client
         .query_one(
             "SELECT count(*) FILTER (WHERE resolved_at IS NULL), count(*)
@@ -55,21 +140,27 @@ pub async fn print_status(kafka: &KafkaArgs, pool: &Pool) -> anyhow::Result<()> 
             &[&active],
         )
         .await?;
-    let (open, all): (i64, i64) = (row.get(0), row.get(1));
-    println!("dead letters: {open} awaiting a decision ({all} recorded in all)");
-    for generation in generation::list(&client).await? {
-        println!(
-            "generation {} ({}): {}, projection code v{}, created {}",
-            generation.name,
-            generation::schema_of(&generation.name),
-            generation.state,
-            generation.code_version,
-            generation
-                .created_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        );
-    }
-    Ok(())
+    let generations = generation::list(&client)
+        .await?
+        .into_iter()
+        .map(|g| GenerationStatus {
+            schema: generation::schema_of(&g.name),
+            name: g.name,
+            state: g.state,
+            code_version: g.code_version,
+            created_at: g.created_at,
+        })
+        .collect();
+    Ok(Status {
+        topic,
+        total_lag: partitions.iter().map(|p| p.lag).sum(),
+        partitions,
+        dead_letters: DeadLetterCounts {
+            open: row.get(0),
+            recorded: row.get(1),
+        },
+        generations,
+    })
 }
 
 fn high_watermarks(kafka: &KafkaArgs) -> anyhow::Result<(String, Vec<(i32, i64)>)> {

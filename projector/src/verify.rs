@@ -91,8 +91,9 @@ impl fmt::Display for Comparison {
     }
 }
 
-/// Compares generations `a` and `b` (as they are; the caller makes sure they are at the same
-/// offsets).
+/// Compares generations `a` and `b` (as `client` sees them; the caller makes sure they are at
+/// the same offsets there, and that what it sees does not move: one snapshot). Symmetric:
+/// `(b, a)` finds the same differences, sides swapped.
 pub async fn compare(
     client: &impl GenericClient,
     a: &str,
@@ -167,8 +168,35 @@ async fn checksum(
     })
 }
 
+/// In how many partitions of `topic` generations `a` and `b` are at different offsets (a
+/// partition without a row is at offset 0). Each side is filtered before the join, so a
+/// partition known to only one of them counts: `(a, b)` and `(b, a)` always agree.
+pub(crate) async fn differing_partitions(
+    client: &impl GenericClient,
+    topic: &str,
+    a: &str,
+    b: &str,
+) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM
+                 (SELECT partition, next_offset FROM projection.offsets
+                  WHERE generation = $1 AND topic = $3) x
+             FULL JOIN
+                 (SELECT partition, next_offset FROM projection.offsets
+                  WHERE generation = $2 AND topic = $3) y
+                 ON y.partition = x.partition
+             WHERE coalesce(x.next_offset, 0) <> coalesce(y.next_offset, 0)",
+            &[&a, &b, &topic],
+        )
+        .await?
+        .get(0))
+}
+
 /// `projector verify a b`: compares two generations, which must be at the same offsets. The
-/// active one, if either is, is frozen for the duration. Returns whether they are identical.
+/// offsets and the tables are read in one snapshot (a read-only `REPEATABLE READ`
+/// transaction), so nothing is frozen: the live projector goes on meanwhile. Returns whether
+/// they are identical.
 pub async fn verify_generations(
     pool: &deadpool_postgres::Pool,
     topic: &str,
@@ -176,10 +204,15 @@ pub async fn verify_generations(
     b: &str,
 ) -> anyhow::Result<bool> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
     let found = tx
         .query(
-            "SELECT name FROM projection.generations WHERE name = ANY($1) FOR UPDATE",
+            "SELECT name FROM projection.generations WHERE name = ANY($1)",
             &[&vec![a, b]],
         )
         .await?
@@ -188,19 +221,7 @@ pub async fn verify_generations(
         found == 2 || (a == b && found == 1),
         "no such generation: give two of `projector generations list`"
     );
-    let differing: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM projection.offsets x
-             FULL JOIN projection.offsets y
-                 ON y.generation = $2 AND y.topic = x.topic AND y.partition = x.partition
-             WHERE (x.generation = $1 OR x.generation IS NULL)
-               AND (y.generation = $2 OR y.generation IS NULL)
-               AND coalesce(x.topic, y.topic) = $3
-               AND coalesce(x.next_offset, 0) <> coalesce(y.next_offset, 0)",
-            &[&a, &b, &topic],
-        )
-        .await?
-        .get(0);
+    let differing = differing_partitions(&tx, topic, a, b).await?;
     anyhow::ensure!(
         differing == 0,
         "{a} and {b} are at different offsets in {differing} partitions; generations are compared \

@@ -35,13 +35,7 @@ impl Cursor {
     }
 
     pub(crate) fn decode(token: &str) -> Result<Cursor, Problem> {
-        let invalid = || {
-            Problem::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "invalid_cursor",
-                "the cursor is not one returned by this service",
-            )
-        };
+        let invalid = invalid_cursor;
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
         let bytes: [u8; 24] = bytes.try_into().map_err(|_| invalid())?;
         let mut micros = [0u8; 8];
@@ -54,6 +48,16 @@ impl Cursor {
             id: Uuid::from_bytes(id),
         })
     }
+}
+
+/// 400 `invalid_cursor`: a cursor this service did not make.
+pub(crate) fn invalid_cursor() -> Problem {
+    Problem::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        "invalid_cursor",
+        "the cursor is not one returned by this service",
+    )
+    .titled("The cursor is not valid")
 }
 
 #[cfg(test)]

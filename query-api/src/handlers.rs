@@ -152,11 +152,7 @@ const EARLIEST_MICROS: i64 = -210_866_803_200_000_000;
 /// 400 `invalid_cursor` like any other forged cursor.
 fn storable(cursor: Cursor) -> Result<Cursor, Problem> {
     if cursor.at.timestamp_micros() < EARLIEST_MICROS {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_cursor",
-            "the cursor is not one returned by this service",
-        ));
+        return Err(crate::cursor::invalid_cursor());
     }
     Ok(cursor)
 }
@@ -191,12 +187,14 @@ impl Read<'_> {
     }
 }
 
+/// 404 `user_not_found`.
 fn user_not_found() -> Problem {
-    Problem::not_found("user_not_found", "no such user")
+    Problem::not_found("user_not_found", "no such user").titled("No such user")
 }
 
+/// 404 `post_not_found`.
 fn post_not_found() -> Problem {
-    Problem::not_found("post_not_found", "no such post")
+    Problem::not_found("post_not_found", "no such post").titled("No such post")
 }
 
 /// Turns `limit + 1` rows into a page: the extra row only says there is a next page.
@@ -274,8 +272,14 @@ pub(crate) async fn profile_by_handle(
         // No handle has one, and PostgreSQL text cannot carry it to the query.
         return Err(user_not_found());
     }
+    // Should two users hold one handle (registrations written before the command API stopped
+    // freeing the handles of events whose outcome was unknown), the one who registered first
+    // (earliest `joined_at`, then the lowest `user_id`) has it, as the projection documents.
     let rows = read
-        .query(&format!("{PROFILE} WHERE u.handle = $1"), &[&handle])
+        .query(
+            &format!("{PROFILE} WHERE u.handle = $1 ORDER BY u.joined_at, u.user_id LIMIT 1"),
+            &[&handle],
+        )
         .await?;
     rows.first()
         .map(profile_from)

@@ -96,6 +96,7 @@ pub struct Application {
 impl Application {
     /// Connects (lazily) to the read models and binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        chronicle_infra::telemetry::log_configuration(&config);
         anyhow::ensure!(
             config.limits.request_timeout_ms > config.consistency_wait_ms,
             "CHRONICLE_REQUEST_TIMEOUT_MS ({}) must exceed CHRONICLE_CONSISTENCY_WAIT_MS ({}), \

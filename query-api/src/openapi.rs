@@ -2,6 +2,8 @@
 //! served at `/openapi.json`.
 
 use chronicle_infra::problem::ProblemBody;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::{RefOr, Required};
 use utoipa::{Modify, OpenApi};
 
 use crate::handlers;
@@ -26,7 +28,7 @@ use crate::handlers;
         handlers::likes,
     ),
     components(schemas(ProblemBody)),
-    modifiers(&SharedProblems),
+    modifiers(&SharedProblems, &Constraints),
     tags(
         (name = "users", description = "Profiles and follow lists"),
         (name = "posts", description = "Posts, feeds and likes"),
@@ -42,6 +44,58 @@ impl Modify for SharedProblems {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         chronicle_infra::problem::document_shared_problems(openapi);
     }
+}
+
+/// A `position` (`chronicle_infra::Position::encode`): 12 bytes (partition, then offset, both
+/// big-endian and non-negative) as 16 characters of unpadded base64url. The first character
+/// carries the partition's sign bit, the sixth the offset's.
+pub(crate) const POSITION_PATTERN: &str =
+    "^[A-Za-f][A-Za-z0-9_-]{4}[A-HQ-Xg-nw-z0-3][A-Za-z0-9_-]{10}$";
+
+/// A cursor (`cursor::Cursor::encode`): 24 bytes (a time in microseconds since the epoch, then an
+/// id) as 32 characters of unpadded base64url. The first character keeps the time between the
+/// epoch and the year 257,000 or so: every cursor this service makes, and none it refuses.
+pub(crate) const CURSOR_PATTERN: &str = "^[A-Za-b][A-Za-z0-9_-]{31}$";
+
+/// States in the document the shapes the derived schemas cannot say: a `min_position` is a
+/// position, a `cursor` is a cursor.
+struct Constraints;
+
+impl Modify for Constraints {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let position = string_schema(POSITION_PATTERN, 16);
+        let cursor = string_schema(CURSOR_PATTERN, 32);
+        for item in openapi.paths.paths.values_mut() {
+            for parameter in item
+                .get
+                .iter_mut()
+                .flat_map(|operation| operation.parameters.iter_mut().flatten())
+            {
+                let RefOr::T(parameter) = parameter else {
+                    continue;
+                };
+                match parameter.name.as_str() {
+                    "min_position" => {
+                        parameter.required = Required::False;
+                        parameter.schema =
+                            Some(ArrayBuilder::new().items(RefOr::T(position.clone())).into());
+                    }
+                    "cursor" => parameter.schema = Some(cursor.clone().into()),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// A string of exactly `length` characters matching `pattern`.
+fn string_schema(pattern: &str, length: usize) -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::String))
+        .pattern(Some(pattern))
+        .min_length(Some(length))
+        .max_length(Some(length))
+        .into()
 }
 
 /// The query API's OpenAPI document.

@@ -254,3 +254,87 @@ async fn no_token_or_secret_appears_in_any_log_line() {
         }
     }
 }
+
+/// `url` with its user and password replaced by `user` and `password`.
+fn with_credentials(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url
+        .split_once("://")
+        .expect("the test database URL is a URL");
+    let host_and_path = rest.split_once('@').map_or(rest, |(_, after)| after);
+    format!("{scheme}://{user}:{password}@{host_and_path}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_database_password_appears_in_any_log_line_or_error() {
+    // Arrange: a role with a password, able to do what the test's own role does.
+    let app = TestApp::builder().env("RUST_LOG", "debug").spawn().await;
+    let role = format!("chronicle_pw_{}", app.id);
+    let password = format!("pw{}", uuid::Uuid::new_v4().simple());
+    let db = app.db().await;
+    let current: String = db
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .expect("current_user")
+        .get(0);
+    db.batch_execute(&format!(
+        "CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}' IN ROLE \"{current}\""
+    ))
+    .await
+    .expect("cannot create a role with a password");
+    let url = with_credentials(&app.database_url, &role, &password);
+    let alice = app.register_user("alice", "Alice").await;
+
+    // Act: a projector and the CLI using the URL with the password (logging at debug level),
+    // and the CLI failing with it: a server that is not there, and a URL that does not parse.
+    app.start_projector_with(&[("DATABASE_URL", &url), ("RUST_LOG", "debug")])
+        .await;
+    let post = app.publish_post(&alice, "a post").await;
+    app.wait_for(&[alice.position.clone(), post.position.clone()])
+        .await;
+    let (ok, out, err) = app
+        .projector_cli_with(&["status"], &[("DATABASE_URL", &url)])
+        .await;
+    assert!(ok, "status with the password URL failed: {err}");
+    let mut outputs = vec![out, err];
+    let closed = chronicle_tests::free_port().expect("a free port");
+    let unreachable = with_credentials(
+        &format!("postgres://x@127.0.0.1:{closed}/nowhere"),
+        &role,
+        &password,
+    );
+    let malformed = format!("postgres://{role}:{password}@127.0.0.1:notaport/x");
+    let keywords = format!("host=127.0.0.1 port={closed} user={role} password={password}");
+    for bad in [&unreachable, &malformed, &keywords] {
+        let (ok, out, err) = app
+            .projector_cli_with(
+                &["status"],
+                &[("DATABASE_URL", bad), ("RUST_BACKTRACE", "1")],
+            )
+            .await;
+        assert!(!ok, "status with {bad:?} succeeded: {out}");
+        assert!(
+            !err.trim().is_empty(),
+            "no error message for a bad DATABASE_URL"
+        );
+        outputs.push(out);
+        outputs.push(err);
+    }
+    let mut logs = outputs.join("\n");
+    for entry in std::fs::read_dir(app.log_dir()).expect("the log directory") {
+        let path = entry.expect("a log file").path();
+        logs.push_str(&std::fs::read_to_string(&path).expect("a readable log"));
+    }
+    app.kill_projector();
+    db.batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\""))
+        .await
+        .ok();
+
+    // Assert: the logs say something (the role's name, even), and never the password.
+    assert!(
+        logs.lines().count() > 20,
+        "too little logged to mean anything"
+    );
+    if let Some(line) = logs.lines().find(|line| line.contains(&password)) {
+        panic!("the database password appears in a log line or error: {line}");
+    }
+}

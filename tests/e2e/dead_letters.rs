@@ -227,8 +227,9 @@ async fn a_poison_event_holds_back_later_events_of_its_key_while_other_keys_flow
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_that_cannot_be_applied_is_parked_and_the_rest_of_its_batch_applies() {
-    // Arrange: a registration that decodes but cannot be applied (its handle is taken by
-    // another user id) and, behind it, a profile update of the same user.
+    // Arrange: a registration that decodes but cannot be applied (its display name holds a
+    // NUL character, which PostgreSQL's text cannot store: a data exception) and, behind it, a
+    // profile update of the same user.
     let app = TestApp::spawn().await;
     let taken = app.register_user("taken", "Taken").await;
     app.wait_for(std::slice::from_ref(&taken.position)).await;
@@ -238,7 +239,7 @@ async fn an_event_that_cannot_be_applied_is_parked_and_the_rest_of_its_batch_app
         1,
         &impostor,
         &impostor,
-        json!({"user_id": impostor, "handle": "taken", "display_name": "Impostor", "bio": ""}),
+        json!({"user_id": impostor, "handle": "nul_byte", "display_name": "Nul\u{0}Byte", "bio": ""}),
     );
     let updated = raw_envelope(
         "ProfileUpdated",

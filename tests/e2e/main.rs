@@ -12,7 +12,10 @@
 //! ```
 //!
 //! `CHRONICLE_BIN_DIR` points at the service binaries (default: the profile directory this test
-//! binary was built in). Service logs land in `target/e2e-logs/<test database>/`.
+//! binary was built in). Service logs land in `target/e2e-logs/<test database>/`. Test databases
+//! are named `chronicle_t_<run>_<id>` (`CHRONICLE_TEST_RUN`, set by script/test; see
+//! `harness::test_run`). A randomized test prints `CHRONICLE_TEST_SEED=<seed>`: set it to replay
+//! the same random choices.
 
 mod broker;
 mod harness;
@@ -21,17 +24,23 @@ mod model;
 mod postgres;
 
 mod auth;
+mod cleanup;
 mod consistency;
 mod crash;
 mod dead_letters;
 mod duplicates;
 mod failover;
 mod faults;
+mod fuzz;
 mod history;
 mod limits;
 mod operate;
+mod outcome;
 mod pagination;
+mod partitions;
+mod projection;
 mod projector_group;
+mod proxies;
 mod rebuild;
 mod scenario;
 mod tls;

@@ -3,14 +3,17 @@
 //! [`Model`] replays the commands the API acknowledged with the documented read-model semantics
 //! (likes and follows are sets, a deleted post leaves every feed and counter, likes on a deleted
 //! post are ignored), and [`assert_read_models`] compares every profile, feed, list and post the
-//! query API serves against it.
+//! query API serves against it. A caller that also records profiles ([`Model::add_profile`]) and
+//! post bodies ([`Model::set_body`]) gets those compared too, and [`read_model_mismatches`] with
+//! its [`Checks`] compares strictly (exact orders, every post a feed shows) or only the model's
+//! own users' share of an app that others use too.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use futures_util::{StreamExt, stream};
 use serde_json::Value;
 
-use crate::harness::{NO_POSITIONS, TestApp, assert_newest_first, post_ids, user_ids};
+use crate::harness::{MAX_LIMIT, NO_POSITIONS, TestApp, assert_newest_first, post_ids, user_ids};
 
 /// A command the API acknowledged, as the model needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +76,18 @@ impl Counters {
     }
 }
 
+/// The profile fields of a user, as the command API normalised them (trimmed; the handle also
+/// lowercased).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Profile {
+    /// The handle.
+    pub(crate) handle: String,
+    /// The display name.
+    pub(crate) display_name: String,
+    /// The bio (`""` when none was given).
+    pub(crate) bio: String,
+}
+
 /// The expected state of the read models.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Model {
@@ -80,6 +95,11 @@ pub(crate) struct Model {
     posts: BTreeMap<String, PostState>,
     follows: BTreeSet<(String, String)>,
     next_seq: u64,
+    /// Profiles of the users registered with [`Model::add_profile`] (the others' are not
+    /// compared).
+    profiles: BTreeMap<String, Profile>,
+    /// Bodies of the posts recorded with [`Model::set_body`].
+    bodies: BTreeMap<String, String>,
 }
 
 impl Model {
@@ -96,6 +116,49 @@ impl Model {
     /// The registered users, in registration order.
     pub(crate) fn users(&self) -> &[String] {
         &self.users
+    }
+
+    /// Records a registered user together with the profile registration gave them.
+    pub(crate) fn add_profile(&mut self, user_id: &str, profile: Profile) {
+        self.add_user(user_id);
+        self.profiles.insert(user_id.to_owned(), profile);
+    }
+
+    /// Applies an acknowledged profile update of `user` (a field left `None` keeps its value).
+    pub(crate) fn update_profile(
+        &mut self,
+        user: &str,
+        display_name: Option<&str>,
+        bio: Option<&str>,
+    ) {
+        let profile = self
+            .profiles
+            .get_mut(user)
+            .unwrap_or_else(|| panic!("profile update of {user}, whose profile is not modelled"));
+        if let Some(display_name) = display_name {
+            display_name.clone_into(&mut profile.display_name);
+        }
+        if let Some(bio) = bio {
+            bio.clone_into(&mut profile.bio);
+        }
+    }
+
+    /// The profile of `user`, if recorded with [`Model::add_profile`].
+    pub(crate) fn profile(&self, user: &str) -> Option<&Profile> {
+        self.profiles.get(user)
+    }
+
+    /// Records the body (as normalised) of a published post.
+    pub(crate) fn set_body(&mut self, post: &str, body: &str) {
+        self.bodies.insert(post.to_owned(), body.to_owned());
+    }
+
+    /// The author of `post` while it is live; `None` when it is deleted or unknown.
+    pub(crate) fn live_author(&self, post: &str) -> Option<&str> {
+        self.posts
+            .get(post)
+            .filter(|s| !s.deleted)
+            .map(|s| s.author.as_str())
     }
 
     /// Applies one acknowledged command.
@@ -175,6 +238,23 @@ impl Model {
         posts.into_iter().map(|(id, _)| id.clone()).collect()
     }
 
+    /// The expected global feed: every live post, newest (last published) first.
+    pub(crate) fn global_feed(&self) -> Vec<String> {
+        self.newest_first(|_| true)
+    }
+
+    /// The expected home timeline of `user` in order, newest first.
+    pub(crate) fn timeline_newest_first(&self, user: &str) -> Vec<String> {
+        let following = self.following(user);
+        self.newest_first(|s| s.author == user || following.contains(&s.author))
+    }
+
+    fn newest_first(&self, keep: impl Fn(&PostState) -> bool) -> Vec<String> {
+        let mut posts: Vec<(&String, &PostState)> = self.live().filter(|(_, s)| keep(s)).collect();
+        posts.sort_by_key(|(_, s)| std::cmp::Reverse(s.seq));
+        posts.into_iter().map(|(id, _)| id.clone()).collect()
+    }
+
     /// The expected home timeline of `user`, as a set.
     pub(crate) fn timeline(&self, user: &str) -> BTreeSet<String> {
         let following = self.following(user);
@@ -221,6 +301,30 @@ impl Model {
     }
 }
 
+/// How strictly [`read_model_mismatches`] compares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checks {
+    /// Users outside the model share the app: the global feed is compared only on the posts of
+    /// the model's users.
+    pub(crate) shared_app: bool,
+    /// The commands were applied one after another, so the order of publication is known:
+    /// timelines and the global feed must be in exactly the model's order, every post a feed
+    /// shows must carry the model's like count, and likes lists must be newest first.
+    pub(crate) sequential: bool,
+    /// The page size lists are walked with (1 to [`MAX_LIMIT`]).
+    pub(crate) page_size: u32,
+}
+
+impl Checks {
+    /// What [`assert_read_models`] checks: an app of the model's users alone, where only each
+    /// author's order of publication is known; lists in pages of [`MAX_LIMIT`].
+    pub(crate) const WHOLE: Checks = Checks {
+        shared_app: false,
+        sequential: false,
+        page_size: MAX_LIMIT,
+    };
+}
+
 /// Asserts a list has no duplicates and returns it as a set.
 fn as_set(ids: Vec<String>, what: &str, mismatches: &mut Vec<String>) -> BTreeSet<String> {
     let count = ids.len();
@@ -243,155 +347,311 @@ fn diff(what: &str, expected: &BTreeSet<String>, actual: &BTreeSet<String>) -> O
     })
 }
 
-/// Compares everything the query API serves with `model` and panics listing every mismatch.
+/// Compares a UserSummary with the modelled profile of its user, if there is one.
+fn check_summary(model: &Model, summary: &Value, what: &str, found: &mut Vec<String>) {
+    let Some(user) = summary.get("user_id").and_then(Value::as_str) else {
+        found.push(format!("{what}: user summary without `user_id`: {summary}"));
+        return;
+    };
+    let Some(profile) = model.profile(user) else {
+        return;
+    };
+    let shown = (
+        summary.get("handle").and_then(Value::as_str),
+        summary.get("display_name").and_then(Value::as_str),
+    );
+    let expected = (
+        Some(profile.handle.as_str()),
+        Some(profile.display_name.as_str()),
+    );
+    if shown != expected {
+        found.push(format!(
+            "{what}: summary of {user}: expected (handle, display_name) {expected:?}, got {shown:?}"
+        ));
+    }
+}
+
+/// Compares a Post shown in a feed with the model: its author's summary and its body where
+/// modelled, and with `checks.sequential` its like count.
+fn check_post_item(
+    model: &Model,
+    checks: Checks,
+    item: &Value,
+    what: &str,
+    found: &mut Vec<String>,
+) {
+    let post = item.get("post_id").and_then(Value::as_str).unwrap_or("?");
+    match item.get("author") {
+        Some(author) => check_summary(model, author, &format!("{what}, post {post}"), found),
+        None => found.push(format!("{what}: post without `author`: {item}")),
+    }
+    if let Some(body) = model.bodies.get(post) {
+        let shown = item.get("body").and_then(Value::as_str);
+        if shown != Some(body.as_str()) {
+            found.push(format!(
+                "{what}: body of {post}: expected {body:?}, got {shown:?}"
+            ));
+        }
+    }
+    if checks.sequential
+        && let Some(likers) = model.likers(post)
+    {
+        let like_count = item.get("like_count").and_then(Value::as_u64);
+        if like_count != Some(likers.len() as u64) {
+            found.push(format!(
+                "{what}: like_count of {post}: expected {}, got {like_count:?}",
+                likers.len()
+            ));
+        }
+    }
+}
+
+/// Compares the profile documents of `user` (by id and, when modelled, by handle).
+async fn check_profile(app: &TestApp, model: &Model, user: &str, found: &mut Vec<String>) {
+    let profile = app.get_user(user, NO_POSITIONS).await;
+    if profile.status != 200 {
+        found.push(format!("profile of {user}: expected 200, got {profile}"));
+        return;
+    }
+    let counters = Counters::of_profile(&profile.body);
+    let expected = model.counters(user);
+    if counters != expected {
+        found.push(format!(
+            "counters of {user}: expected {expected:?}, got {counters:?}"
+        ));
+    }
+    let Some(modelled) = model.profile(user) else {
+        return;
+    };
+    let field = |name: &str| profile.body.get(name).and_then(Value::as_str);
+    let shown = (field("handle"), field("display_name"), field("bio"));
+    let expected = (
+        Some(modelled.handle.as_str()),
+        Some(modelled.display_name.as_str()),
+        Some(modelled.bio.as_str()),
+    );
+    if shown != expected {
+        found.push(format!(
+            "profile of {user}: expected (handle, display_name, bio) {expected:?}, got {shown:?}"
+        ));
+    }
+    let by_handle = app
+        .get(
+            &format!("/v1/users/by-handle/{}", modelled.handle),
+            NO_POSITIONS,
+        )
+        .await;
+    let owner = by_handle.body.get("user_id").and_then(Value::as_str);
+    if by_handle.status != 200 || owner != Some(user) {
+        found.push(format!(
+            "profile by handle {:?}: expected 200 for {user}, got {by_handle}",
+            modelled.handle
+        ));
+    }
+}
+
+/// Compares everything the query API serves about `user` with the model.
+async fn check_user(app: &TestApp, model: &Model, checks: Checks, user: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let page = checks.page_size;
+    check_profile(app, model, user, &mut found).await;
+
+    let feed = app
+        .collect_pages_with(&format!("/v1/users/{user}/posts"), page, NO_POSITIONS)
+        .await;
+    let feed_ids = post_ids(&feed);
+    let expected_feed = model.author_feed(user);
+    if feed_ids != expected_feed {
+        found.push(format!(
+            "author feed of {user}: expected {expected_feed:?}, got {feed_ids:?}"
+        ));
+    }
+    for item in &feed {
+        let author = item.pointer("/author/user_id").and_then(Value::as_str);
+        if author != Some(user) {
+            found.push(format!(
+                "author feed of {user} holds a post by {author:?}: {item}"
+            ));
+        }
+        check_post_item(
+            model,
+            checks,
+            item,
+            &format!("author feed of {user}"),
+            &mut found,
+        );
+    }
+
+    for (list, expected) in [
+        ("followers", model.followers(user)),
+        ("following", model.following(user)),
+    ] {
+        let what = format!("{list} of {user}");
+        let summaries = app
+            .collect_pages_with(&format!("/v1/users/{user}/{list}"), page, NO_POSITIONS)
+            .await;
+        for summary in &summaries {
+            check_summary(model, summary, &what, &mut found);
+        }
+        let shown = as_set(user_ids(&summaries), &what, &mut found);
+        found.extend(diff(&what, &expected, &shown));
+    }
+
+    let what = format!("timeline of {user}");
+    let timeline = app
+        .collect_pages_with(&format!("/v1/users/{user}/timeline"), page, NO_POSITIONS)
+        .await;
+    assert_newest_first(&timeline, &what);
+    for item in &timeline {
+        check_post_item(model, checks, item, &what, &mut found);
+    }
+    let timeline_ids = post_ids(&timeline);
+    if checks.sequential {
+        let expected = model.timeline_newest_first(user);
+        if timeline_ids != expected {
+            found.push(format!(
+                "{what}: expected {expected:?}, got {timeline_ids:?}"
+            ));
+        }
+    } else {
+        let shown = as_set(timeline_ids, &what, &mut found);
+        found.extend(diff(&what, &model.timeline(user), &shown));
+    }
+    found
+}
+
+/// Compares a post (deleted ones are gone; live ones have the right like count and likes list).
+async fn check_post(app: &TestApp, model: &Model, checks: Checks, post: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let resp = app.get_post(post, NO_POSITIONS).await;
+    let Some(likers) = model.likers(post) else {
+        if resp.status != 404 || resp.code() != Some("post_not_found") {
+            found.push(format!(
+                "deleted post {post}: expected 404 post_not_found, got {resp}"
+            ));
+        }
+        return found;
+    };
+    if resp.status != 200 {
+        found.push(format!("post {post}: expected 200, got {resp}"));
+        return found;
+    }
+    let like_count = resp.body.get("like_count").and_then(Value::as_u64);
+    if like_count != Some(likers.len() as u64) {
+        found.push(format!(
+            "like_count of {post}: expected {}, got {like_count:?}",
+            likers.len()
+        ));
+    }
+    check_post_item(
+        model,
+        checks,
+        &resp.body,
+        &format!("post {post}"),
+        &mut found,
+    );
+    let what = format!("likes of {post}");
+    let likes = app
+        .collect_pages_with(
+            &format!("/v1/posts/{post}/likes"),
+            checks.page_size,
+            NO_POSITIONS,
+        )
+        .await;
+    let mut likers_seen = Vec::new();
+    let mut liked_at = Vec::new();
+    for like in &likes {
+        let user = like
+            .get("user")
+            .unwrap_or_else(|| panic!("like without `user`: {like}"));
+        check_summary(model, user, &what, &mut found);
+        likers_seen.push(
+            user.get("user_id")
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("like without user.user_id: {like}"))
+                .to_owned(),
+        );
+        liked_at.push(like.get("liked_at").and_then(Value::as_str).unwrap_or(""));
+    }
+    // RFC 3339 with milliseconds in UTC, all of one length: text order is time order.
+    if checks.sequential && liked_at.windows(2).any(|pair| pair[0] < pair[1]) {
+        found.push(format!("{what}: not newest first: {liked_at:?}"));
+    }
+    let likers_seen = as_set(likers_seen, &what, &mut found);
+    found.extend(diff(&what, likers, &likers_seen));
+    found
+}
+
+/// Compares everything the query API serves with `model` and returns every mismatch.
 /// The caller must already have waited for the positions of every acknowledged command.
-pub(crate) async fn assert_read_models(app: &TestApp, model: &Model) {
+pub(crate) async fn read_model_mismatches(
+    app: &TestApp,
+    model: &Model,
+    checks: Checks,
+) -> Vec<String> {
     let mut mismatches = Vec::new();
 
-    // Users: counters, author feed (exact order), followers, following, timeline.
+    // Users: profile and counters, author feed (exact order), followers, following, timeline.
     let user_checks = stream::iter(model.users().iter().cloned())
-        .map(|user| async move {
-            let mut found = Vec::new();
-            let profile = app.get_user(&user, NO_POSITIONS).await;
-            profile.assert_status(200);
-            let counters = Counters::of_profile(&profile.body);
-            let expected = model.counters(&user);
-            if counters != expected {
-                found.push(format!(
-                    "counters of {user}: expected {expected:?}, got {counters:?}"
-                ));
-            }
-
-            let feed = app
-                .collect_pages(&format!("/v1/users/{user}/posts"), NO_POSITIONS)
-                .await;
-            let feed_ids = post_ids(&feed);
-            let expected_feed = model.author_feed(&user);
-            if feed_ids != expected_feed {
-                found.push(format!(
-                    "author feed of {user}: expected {expected_feed:?}, got {feed_ids:?}"
-                ));
-            }
-            for item in &feed {
-                let author = item.pointer("/author/user_id").and_then(Value::as_str);
-                if author != Some(user.as_str()) {
-                    found.push(format!(
-                        "author feed of {user} holds a post by {author:?}: {item}"
-                    ));
-                }
-            }
-
-            let followers = app
-                .collect_pages(&format!("/v1/users/{user}/followers"), NO_POSITIONS)
-                .await;
-            let followers = as_set(
-                user_ids(&followers),
-                &format!("followers of {user}"),
-                &mut found,
-            );
-            found.extend(diff(
-                &format!("followers of {user}"),
-                &model.followers(&user),
-                &followers,
-            ));
-
-            let following = app
-                .collect_pages(&format!("/v1/users/{user}/following"), NO_POSITIONS)
-                .await;
-            let following = as_set(
-                user_ids(&following),
-                &format!("following of {user}"),
-                &mut found,
-            );
-            found.extend(diff(
-                &format!("following of {user}"),
-                &model.following(&user),
-                &following,
-            ));
-
-            let timeline = app
-                .collect_pages(&format!("/v1/users/{user}/timeline"), NO_POSITIONS)
-                .await;
-            assert_newest_first(&timeline, &format!("timeline of {user}"));
-            let timeline = as_set(
-                post_ids(&timeline),
-                &format!("timeline of {user}"),
-                &mut found,
-            );
-            found.extend(diff(
-                &format!("timeline of {user}"),
-                &model.timeline(&user),
-                &timeline,
-            ));
-            found
-        })
+        .map(|user| async move { check_user(app, model, checks, &user).await })
         .buffer_unordered(4)
         .collect::<Vec<_>>()
         .await;
     mismatches.extend(user_checks.into_iter().flatten());
 
-    // Posts: deleted ones are gone, live ones have the right like count and likes list.
     let post_checks = stream::iter(model.all_posts())
-        .map(|post| async move {
-            let mut found = Vec::new();
-            let resp = app.get_post(&post, NO_POSITIONS).await;
-            match model.likers(&post) {
-                None => {
-                    if resp.status != 404 || resp.code() != Some("post_not_found") {
-                        found.push(format!(
-                            "deleted post {post}: expected 404 post_not_found, got {resp}"
-                        ));
-                    }
-                }
-                Some(likers) => {
-                    if resp.status != 200 {
-                        found.push(format!("post {post}: expected 200, got {resp}"));
-                        return found;
-                    }
-                    let like_count = resp.body.get("like_count").and_then(Value::as_u64);
-                    if like_count != Some(likers.len() as u64) {
-                        found.push(format!(
-                            "like_count of {post}: expected {}, got {like_count:?}",
-                            likers.len()
-                        ));
-                    }
-                    let likes = app
-                        .collect_pages(&format!("/v1/posts/{post}/likes"), NO_POSITIONS)
-                        .await;
-                    let likers_seen: Vec<String> = likes
-                        .iter()
-                        .map(|like| {
-                            like.pointer("/user/user_id")
-                                .and_then(Value::as_str)
-                                .unwrap_or_else(|| panic!("like without user.user_id: {like}"))
-                                .to_owned()
-                        })
-                        .collect();
-                    let likers_seen = as_set(likers_seen, &format!("likes of {post}"), &mut found);
-                    found.extend(diff(&format!("likes of {post}"), likers, &likers_seen));
-                }
-            }
-            found
-        })
+        .map(|post| async move { check_post(app, model, checks, &post).await })
         .buffer_unordered(8)
         .collect::<Vec<_>>()
         .await;
     mismatches.extend(post_checks.into_iter().flatten());
 
     // The global feed: every live post exactly once, newest first.
-    let feed = app.collect_pages("/v1/feed", NO_POSITIONS).await;
+    let page = if checks.shared_app {
+        MAX_LIMIT
+    } else {
+        checks.page_size
+    };
+    let mut feed = app.collect_pages_with("/v1/feed", page, NO_POSITIONS).await;
     assert_newest_first(&feed, "global feed");
-    let feed_ids = post_ids(&feed);
-    let unique: HashSet<&String> = feed_ids.iter().collect();
-    if unique.len() != feed_ids.len() {
-        mismatches.push(format!(
-            "global feed: {} duplicates",
-            feed_ids.len() - unique.len()
-        ));
+    if checks.shared_app {
+        let ours: HashSet<&str> = model.users().iter().map(String::as_str).collect();
+        feed.retain(|post| {
+            post.pointer("/author/user_id")
+                .and_then(Value::as_str)
+                .is_some_and(|author| ours.contains(author))
+        });
     }
-    let feed_set: BTreeSet<String> = feed_ids.iter().cloned().collect();
-    mismatches.extend(diff("global feed", &model.live_posts(), &feed_set));
+    for item in &feed {
+        check_post_item(model, checks, item, "global feed", &mut mismatches);
+    }
+    let feed_ids = post_ids(&feed);
+    if checks.sequential {
+        let expected = model.global_feed();
+        if feed_ids != expected {
+            mismatches.push(format!(
+                "global feed: expected {expected:?}, got {feed_ids:?}"
+            ));
+        }
+    } else {
+        let unique: HashSet<&String> = feed_ids.iter().collect();
+        if unique.len() != feed_ids.len() {
+            mismatches.push(format!(
+                "global feed: {} duplicates",
+                feed_ids.len() - unique.len()
+            ));
+        }
+        let feed_set: BTreeSet<String> = feed_ids.iter().cloned().collect();
+        mismatches.extend(diff("global feed", &model.live_posts(), &feed_set));
+    }
+    mismatches
+}
 
+/// Compares everything the query API serves with `model` ([`Checks::WHOLE`]) and panics listing
+/// every mismatch. The caller must already have waited for the positions of every acknowledged
+/// command.
+pub(crate) async fn assert_read_models(app: &TestApp, model: &Model) {
+    let mismatches = read_model_mismatches(app, model, Checks::WHOLE).await;
     if !mismatches.is_empty() {
         let shown: Vec<_> = mismatches.iter().take(40).collect();
         panic!(

@@ -108,6 +108,23 @@ async fn dead_letters_are_listed_retried_and_skipped_and_status_shows_the_lag() 
         status.contains("dead letters: 0 awaiting a decision (2 recorded in all)"),
         "{status}"
     );
+    // The same, as JSON for scripts.
+    let (ok, json, stderr) = app.projector_cli(&["status", "--json"]).await;
+    assert!(ok, "status --json failed: {stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|err| panic!("{err}: {json}"));
+    assert_eq!(json["total_lag"], 0, "{json}");
+    assert_eq!(json["dead_letters"]["open"], 0, "{json}");
+    assert_eq!(json["dead_letters"]["recorded"], 2, "{json}");
+    let partitions = json["partitions"].as_array().expect("partitions");
+    assert!(!partitions.is_empty(), "{json}");
+    assert!(
+        partitions
+            .iter()
+            .all(|p| p["lag"] == 0 && p["stored_offset"] == p["high_watermark"]),
+        "{json}"
+    );
+    assert_eq!(json["generations"][0]["state"], "active", "{json}");
     let (ok, _, stderr) = app.projector_cli(&["dead-letters", "skip", "99"]).await;
     assert!(!ok && stderr.contains("no dead letter #99"), "{stderr}");
 }

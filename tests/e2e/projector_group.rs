@@ -84,9 +84,9 @@ async fn two_projectors_in_one_group_apply_every_event_once(protocol: &str) {
             .await,
     );
     assert_eq!(app.running_projectors(), 2);
-    let mut rng = Rng::from_entropy();
+    let mut rng = Rng::for_test();
     println!(
-        "projector group test ({protocol} protocol) rng state {:#x}",
+        "projector group test ({protocol} protocol) seed {:#x}",
         rng.state()
     );
     let (users, seeded) = seed(&app, 8, 2).await;

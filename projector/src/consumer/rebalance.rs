@@ -5,9 +5,14 @@
 //! ones (the classic protocol with range assignment), where ASSIGN hands over the member's whole
 //! new assignment and REVOKE takes all of it back, and incremental ones (the consumer protocol,
 //! KIP-848), where ASSIGN and REVOKE carry only the partitions added or removed.
+//!
+//! Each assignment of a partition gets a number of its own, so that the partition's worker
+//! notices when it lost the partition or got it back (and must re-read where it stands), and
+//! stops retrying a batch for a partition it no longer owns.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use rdkafka::ClientContext;
@@ -18,13 +23,42 @@ use rdkafka::types::RDKafkaRespErr;
 use crate::batch::{BatchError, Partition};
 use crate::generation::Target;
 
+/// How long the rebalance callback waits for the stored offsets before it starts the assigned
+/// partitions from the beginning instead (safe, only slower).
+const STORED_OFFSETS_PATIENCE: Duration = Duration::from_secs(3);
+
+/// The partitions a member owns, numbered by assignment.
+struct Owned {
+    partitions: HashMap<i32, u64>,
+    assignments: u64,
+}
+
+impl Owned {
+    fn new(partitions: HashSet<i32>) -> Owned {
+        let mut owned = Owned {
+            partitions: HashMap::new(),
+            assignments: 0,
+        };
+        owned.assign(&partitions.into_iter().collect::<Vec<_>>());
+        owned
+    }
+
+    fn assign(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            self.assignments += 1;
+            self.partitions.insert(*partition, self.assignments);
+        }
+    }
+}
+
 /// Rebalance handling with offsets from Postgres.
 pub(crate) struct Rebalancer {
     pool: Pool,
     topic: String,
     target: Target,
     runtime: tokio::runtime::Handle,
-    owned: Mutex<HashSet<i32>>,
+    /// The partitions this member owns, each with the number of its assignment.
+    owned: Mutex<Owned>,
     /// Per partition, the next offset applied so far (for the lag in `/metrics`).
     applied: Mutex<HashMap<i32, i64>>,
 }
@@ -41,17 +75,25 @@ impl Rebalancer {
             topic,
             target,
             runtime: tokio::runtime::Handle::current(),
-            owned: Mutex::new(owned),
+            owned: Mutex::new(Owned::new(owned)),
             applied: Mutex::new(HashMap::new()),
         }
     }
 
     /// Whether this member owns `partition` now.
     pub(super) fn owns(&self, partition: i32) -> bool {
+        self.assignment(partition).is_some()
+    }
+
+    /// The number of this member's current assignment of `partition`, if it owns it: a new
+    /// one each time the partition is assigned.
+    pub(super) fn assignment(&self, partition: i32) -> Option<u64> {
         self.owned
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(&partition)
+            .partitions
+            .get(&partition)
+            .copied()
     }
 
     fn stored_offsets(&self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, i64>> {
@@ -68,6 +110,18 @@ impl Rebalancer {
                 offsets.insert(*partition, stored);
             }
             Ok::<_, BatchError>(offsets)
+        };
+        // The callback runs inside the consumer's poll: a database that does not answer must
+        // not hold up the group (or the shutdown) for long.
+        let load = async {
+            tokio::time::timeout(STORED_OFFSETS_PATIENCE, load)
+                .await
+                .map_err(|_| {
+                    BatchError::Transient(format!(
+                        "no answer within {} s",
+                        STORED_OFFSETS_PATIENCE.as_secs()
+                    ))
+                })?
         };
         Ok(tokio::task::block_in_place(|| self.runtime.block_on(load))?)
     }
@@ -157,9 +211,9 @@ impl ConsumerContext for Rebalancer {
                 {
                     let mut owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
                     if !incremental {
-                        owned.clear();
+                        owned.partitions.clear();
                     }
-                    owned.extend(numbers.iter().copied());
+                    owned.assign(&numbers);
                 }
                 tracing::info!(partitions = ?numbers, incremental, "partitions assigned");
                 let assigned = if incremental {
@@ -184,7 +238,7 @@ impl ConsumerContext for Rebalancer {
                 {
                     let mut owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
                     for partition in &numbers {
-                        owned.remove(partition);
+                        owned.partitions.remove(partition);
                     }
                 }
                 // Lost partitions (this member was fenced, e.g. after missing its session
@@ -206,6 +260,7 @@ impl ConsumerContext for Rebalancer {
                 self.owned
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
+                    .partitions
                     .clear();
                 let unassigned = if incremental {
                     consumer

@@ -32,9 +32,9 @@ async fn killed_member_partitions_move_to_the_survivor(setup: GroupSetup) {
     // group, users with seeded posts, and one probe user per partition.
     let broker = setup.broker().await;
     let app = Arc::new(setup.app(&broker).partitions(8).projectors(2).spawn().await);
-    let mut rng = Rng::from_entropy();
+    let mut rng = Rng::for_test();
     println!(
-        "{setup:?}: rng state {:#x}, logs in {}",
+        "{setup:?}: seed {:#x}, logs in {}",
         rng.state(),
         app.log_dir().display()
     );
@@ -117,9 +117,9 @@ async fn projector_killed_while_joining_catches_up(setup: GroupSetup) {
     // Arrange
     let broker = setup.broker().await;
     let app = Arc::new(setup.app(&broker).partitions(12).spawn().await);
-    let mut rng = Rng::from_entropy();
+    let mut rng = Rng::for_test();
     println!(
-        "{setup:?}: rng state {:#x}, logs in {}",
+        "{setup:?}: seed {:#x}, logs in {}",
         rng.state(),
         app.log_dir().display()
     );

@@ -1,0 +1,45 @@
+//! The command API's own problem codes (the shared ones are `chronicle_infra::Problem`'s), each
+//! with its title.
+
+use axum::http::StatusCode;
+use chronicle_infra::Problem;
+
+/// 404 `post_not_found`.
+pub(crate) fn post_not_found() -> Problem {
+    Problem::not_found("post_not_found", "no such post").titled("No such post")
+}
+
+/// 404 `user_not_found`.
+pub(crate) fn user_not_found() -> Problem {
+    Problem::not_found("user_not_found", "no such user").titled("No such user")
+}
+
+/// 409 `handle_taken`.
+pub(crate) fn handle_taken(handle: &str) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "handle_taken",
+        format!("the handle `{handle}` is taken"),
+    )
+    .titled("The handle is taken")
+}
+
+/// 403 `forbidden`: the post is someone else's.
+pub(crate) fn not_the_author() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "only the author can delete a post",
+    )
+    .titled("This is not yours")
+}
+
+/// 422 `cannot_follow_self`.
+pub(crate) fn cannot_follow_self() -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "cannot_follow_self",
+        "you cannot follow yourself",
+    )
+    .titled("You cannot follow yourself")
+}

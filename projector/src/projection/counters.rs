@@ -1,0 +1,127 @@
+//! Counter changes: collected while a batch is applied, then written once, in user-id order, so
+//! that batches of different partitions that touch the same users never deadlock.
+
+use std::collections::BTreeMap;
+
+use deadpool_postgres::Transaction;
+use tokio_postgres::Error;
+use uuid::Uuid;
+
+use super::write_post_deltas;
+use crate::generation::q;
+
+/// One user's counter changes: post_count, follower_count, following_count, likes_received,
+/// likes_given.
+type Deltas = [i64; 5];
+pub(super) const POSTS: usize = 0;
+pub(super) const FOLLOWERS: usize = 1;
+pub(super) const FOLLOWING: usize = 2;
+pub(super) const LIKES_RECEIVED: usize = 3;
+pub(super) const LIKES_GIVEN: usize = 4;
+
+/// Counter changes collected while applying events, written by [`CounterDeltas::write`]:
+/// per user, and per post (replies).
+#[derive(Debug, Default)]
+pub(crate) struct CounterDeltas {
+    users: BTreeMap<Uuid, Deltas>,
+    replies: BTreeMap<Uuid, i64>,
+    /// Like counts of posts: a popular post is liked many times in one batch, and one update
+    /// per batch instead of one per like keeps its row from becoming the bottleneck.
+    likes: BTreeMap<Uuid, i64>,
+}
+
+impl CounterDeltas {
+    pub(super) fn add(&mut self, user: Uuid, counter: usize, by: i64) {
+        self.users.entry(user).or_default()[counter] += by;
+    }
+
+    pub(super) fn add_reply(&mut self, parent: Uuid, by: i64) {
+        *self.replies.entry(parent).or_default() += by;
+    }
+
+    pub(super) fn add_like(&mut self, post: Uuid, by: i64) {
+        *self.likes.entry(post).or_default() += by;
+    }
+
+    /// Adds `other`'s changes to these.
+    pub(crate) fn merge(&mut self, other: CounterDeltas) {
+        for (user, deltas) in other.users {
+            let mine = self.users.entry(user).or_default();
+            for (m, d) in mine.iter_mut().zip(deltas) {
+                *m += d;
+            }
+        }
+        for (post, by) in other.replies {
+            self.add_reply(post, by);
+        }
+        for (post, by) in other.likes {
+            self.add_like(post, by);
+        }
+    }
+
+    /// Writes the changes: users, then posts, each in ascending id, so that concurrent batches
+    /// take row locks in one global order.
+    pub(crate) async fn write(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
+        self.write_users(tx, schema).await?;
+        // Replies: the parent is in another partition, and may not even be applied yet.
+        write_post_deltas(
+            tx,
+            schema,
+            &self.replies,
+            "INSERT INTO {s}.post_counters AS c (post_id, reply_count)
+             SELECT * FROM unnest($1::uuid[], $2::int8[]) ORDER BY 1
+             ON CONFLICT (post_id) DO UPDATE SET reply_count = c.reply_count + EXCLUDED.reply_count",
+        )
+        .await?;
+        // Like counts live on the post's row; only this partition's batches touch it. A post
+        // deleted earlier in the batch keeps its zero.
+        write_post_deltas(
+            tx,
+            schema,
+            &self.likes,
+            "UPDATE {s}.posts p SET like_count = p.like_count + d.by
+             FROM unnest($1::uuid[], $2::int8[]) AS d(post_id, by)
+             WHERE p.post_id = d.post_id AND p.deleted_at IS NULL",
+        )
+        .await
+    }
+
+    async fn write_users(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
+        let changed: Vec<(&Uuid, &Deltas)> = self
+            .users
+            .iter()
+            .filter(|(_, d)| d.iter().any(|n| *n != 0))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let users: Vec<Uuid> = changed.iter().map(|(user, _)| **user).collect();
+        let column = |i: usize| -> Vec<i64> { changed.iter().map(|(_, d)| d[i]).collect() };
+        let statement = tx
+            .prepare_cached(&q(schema, "INSERT INTO {s}.user_counters AS c
+                     (user_id, post_count, follower_count, following_count, likes_received, likes_given)
+                 SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
+                 ORDER BY 1
+                 ON CONFLICT (user_id) DO UPDATE SET
+                     post_count = c.post_count + EXCLUDED.post_count,
+                     follower_count = c.follower_count + EXCLUDED.follower_count,
+                     following_count = c.following_count + EXCLUDED.following_count,
+                     likes_received = c.likes_received + EXCLUDED.likes_received,
+                     likes_given = c.likes_given + EXCLUDED.likes_given")
+            )
+            .await?;
+        tx.execute(
+            &statement,
+            &[
+                &users,
+                &column(POSTS),
+                &column(FOLLOWERS),
+                &column(FOLLOWING),
+                &column(LIKES_RECEIVED),
+                &column(LIKES_GIVEN),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}

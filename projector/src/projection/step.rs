@@ -1,0 +1,313 @@
+//! One step of a batch: events that touch pairwise different rows, applied with one set-based
+//! statement per event type.
+
+use chronicle_events::{
+    Envelope, Event, PostDeleted, PostLiked, PostPublished, PostUnliked, ProfileUpdated,
+    UserFollowed, UserRegistered, UserUnfollowed,
+};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use tokio_postgres::Error;
+use uuid::Uuid;
+
+use super::counters::{CounterDeltas, FOLLOWERS, FOLLOWING, LIKES_GIVEN, LIKES_RECEIVED, POSTS};
+use super::{execute, query};
+
+/// Events that touch pairwise different rows, by type.
+#[derive(Default)]
+pub(super) struct Step<'a> {
+    registered: Vec<(&'a UserRegistered, DateTime<Utc>)>,
+    profiles: Vec<&'a ProfileUpdated>,
+    published: Vec<(&'a PostPublished, DateTime<Utc>)>,
+    deleted: Vec<(&'a PostDeleted, DateTime<Utc>)>,
+    liked: Vec<(&'a PostLiked, DateTime<Utc>)>,
+    unliked: Vec<&'a PostUnliked>,
+    followed: Vec<(&'a UserFollowed, DateTime<Utc>)>,
+    unfollowed: Vec<&'a UserUnfollowed>,
+}
+
+impl<'a> Step<'a> {
+    pub(super) fn push(&mut self, envelope: &'a Envelope) {
+        let at = envelope.occurred_at;
+        match &envelope.event {
+            Event::UserRegistered(e) => self.registered.push((e, at)),
+            Event::ProfileUpdated(e) => self.profiles.push(e),
+            Event::PostPublished(e) => self.published.push((e, at)),
+            Event::PostDeleted(e) => self.deleted.push((e, at)),
+            Event::PostLiked(e) => self.liked.push((e, at)),
+            Event::PostUnliked(e) => self.unliked.push(e),
+            Event::UserFollowed(e) => self.followed.push((e, at)),
+            Event::UserUnfollowed(e) => self.unfollowed.push(e),
+        }
+    }
+
+    pub(super) async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        schema: &str,
+        deltas: &mut CounterDeltas,
+    ) -> Result<(), Error> {
+        if !self.registered.is_empty() {
+            self.register(tx, schema).await?;
+        }
+        if !self.profiles.is_empty() {
+            self.update_profiles(tx, schema).await?;
+        }
+        if !self.published.is_empty() {
+            self.publish(tx, schema, deltas).await?;
+        }
+        if !self.deleted.is_empty() {
+            self.delete(tx, schema, deltas).await?;
+        }
+        if !self.liked.is_empty() {
+            self.like(tx, schema, deltas).await?;
+        }
+        if !self.unliked.is_empty() {
+            self.unlike(tx, schema, deltas).await?;
+        }
+        if !self.followed.is_empty() {
+            self.follow(tx, schema, deltas).await?;
+        }
+        if !self.unfollowed.is_empty() {
+            self.unfollow(tx, schema, deltas).await?;
+        }
+        Ok(())
+    }
+
+    async fn register(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
+        let events = &self.registered;
+        let users: Vec<Uuid> = events.iter().map(|(e, _)| e.user_id).collect();
+        let handles: Vec<&str> = events.iter().map(|(e, _)| e.handle.as_str()).collect();
+        let names: Vec<&str> = events
+            .iter()
+            .map(|(e, _)| e.display_name.as_str())
+            .collect();
+        let bios: Vec<&str> = events.iter().map(|(e, _)| e.bio.as_str()).collect();
+        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at)| *at).collect();
+        execute(
+            tx,
+            schema,
+            "INSERT INTO {s}.users (user_id, handle, display_name, bio, joined_at)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+             ON CONFLICT (user_id) DO NOTHING",
+            &[&users, &handles, &names, &bios, &at],
+        )
+        .await
+    }
+
+    async fn update_profiles(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
+        let events = &self.profiles;
+        let users: Vec<Uuid> = events.iter().map(|e| e.user_id).collect();
+        let names: Vec<Option<&str>> = events.iter().map(|e| e.display_name.as_deref()).collect();
+        let bios: Vec<Option<&str>> = events.iter().map(|e| e.bio.as_deref()).collect();
+        execute(
+            tx,
+            schema,
+            "UPDATE {s}.users u
+             SET display_name = coalesce(d.display_name, u.display_name),
+                 bio = coalesce(d.bio, u.bio)
+             FROM unnest($1::uuid[], $2::text[], $3::text[]) AS d(user_id, display_name, bio)
+             WHERE u.user_id = d.user_id",
+            &[&users, &names, &bios],
+        )
+        .await
+    }
+
+    async fn publish(
+        &self,
+        tx: &Transaction<'_>,
+        schema: &str,
+        deltas: &mut CounterDeltas,
+    ) -> Result<(), Error> {
+        let events = &self.published;
+        let posts: Vec<Uuid> = events.iter().map(|(e, _)| e.post_id).collect();
+        let authors: Vec<Uuid> = events.iter().map(|(e, _)| e.author_id).collect();
+        let bodies: Vec<&str> = events.iter().map(|(e, _)| e.body.as_str()).collect();
+        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at)| *at).collect();
+        let parents: Vec<Option<Uuid>> = events.iter().map(|(e, _)| e.reply_to).collect();
+        let rows = query(
+            tx,
+            schema,
+            "INSERT INTO {s}.posts (post_id, author_id, body, published_at, reply_to)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::uuid[])
+             ON CONFLICT (post_id) DO NOTHING
+             RETURNING author_id, reply_to",
+            &[&posts, &authors, &bodies, &at, &parents],
+        )
+        .await?;
+        for row in rows {
+            deltas.add(row.get(0), POSTS, 1);
+            if let Some(parent) = row.get::<_, Option<Uuid>>(1) {
+                deltas.add_reply(parent, 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes posts and their likes. A row per deleted post (`liker` null) and per removed
+    /// like comes back.
+    async fn delete(
+        &self,
+        tx: &Transaction<'_>,
+        schema: &str,
+        deltas: &mut CounterDeltas,
+    ) -> Result<(), Error> {
+        let events = &self.deleted;
+        let posts: Vec<Uuid> = events.iter().map(|(e, _)| e.post_id).collect();
+        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at)| *at).collect();
+        let rows = query(
+            tx,
+            schema,
+            "WITH deleted AS (
+                 UPDATE {s}.posts p SET deleted_at = d.at, like_count = 0
+                 FROM unnest($1::uuid[], $2::timestamptz[]) AS d(post_id, at)
+                 WHERE p.post_id = d.post_id AND p.deleted_at IS NULL
+                 RETURNING p.post_id, p.author_id, p.reply_to
+             ), unliked AS (
+                 DELETE FROM {s}.likes l USING deleted
+                 WHERE l.post_id = deleted.post_id
+                 RETURNING deleted.author_id, l.user_id
+             )
+             SELECT author_id, reply_to, NULL::uuid AS liker FROM deleted
+             UNION ALL
+             SELECT author_id, NULL, user_id FROM unliked",
+            &[&posts, &at],
+        )
+        .await?;
+        for row in rows {
+            let author: Uuid = row.get(0);
+            match row.get::<_, Option<Uuid>>(2) {
+                Some(liker) => {
+                    deltas.add(liker, LIKES_GIVEN, -1);
+                    deltas.add(author, LIKES_RECEIVED, -1);
+                }
+                None => {
+                    deltas.add(author, POSTS, -1);
+                    if let Some(parent) = row.get::<_, Option<Uuid>>(1) {
+                        deltas.add_reply(parent, -1);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Only a live post can be liked; a like that arrives after the deletion is ignored.
+    async fn like(
+        &self,
+        tx: &Transaction<'_>,
+        schema: &str,
+        deltas: &mut CounterDeltas,
+    ) -> Result<(), Error> {
+        let events = &self.liked;
+        let posts: Vec<Uuid> = events.iter().map(|(e, _)| e.post_id).collect();
+        let users: Vec<Uuid> = events.iter().map(|(e, _)| e.user_id).collect();
+        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at)| *at).collect();
+        let rows = query(
+            tx,
+            schema,
+            "WITH liked AS (
+                 INSERT INTO {s}.likes (post_id, user_id, liked_at)
+                 SELECT d.post_id, d.user_id, d.at
+                 FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS d(post_id, user_id, at)
+                 JOIN {s}.posts p ON p.post_id = d.post_id AND p.deleted_at IS NULL
+                 ON CONFLICT (post_id, user_id) DO NOTHING
+                 RETURNING post_id, user_id
+             )
+             SELECT liked.post_id, liked.user_id, p.author_id
+             FROM liked JOIN {s}.posts p USING (post_id)",
+            &[&posts, &users, &at],
+        )
+        .await?;
+        for row in rows {
+            deltas.add_like(row.get(0), 1);
+            deltas.add(row.get(1), LIKES_GIVEN, 1);
+            deltas.add(row.get(2), LIKES_RECEIVED, 1);
+        }
+        Ok(())
+    }
+
+    async fn unlike(
+        &self,
+        tx: &Transaction<'_>,
+        schema: &str,
+        deltas: &mut CounterDeltas,
+    ) -> Result<(), Error> {
+        let events = &self.unliked;
+        let posts: Vec<Uuid> = events.iter().map(|e| e.post_id).collect();
+        let users: Vec<Uuid> = events.iter().map(|e| e.user_id).collect();
+        let rows = query(
+            tx,
+            schema,
+            "WITH unliked AS (
+                 DELETE FROM {s}.likes l
+                 USING unnest($1::uuid[], $2::uuid[]) AS d(post_id, user_id)
+                 WHERE l.post_id = d.post_id AND l.user_id = d.user_id
+                 RETURNING l.post_id, l.user_id
+             )
+             SELECT unliked.post_id, unliked.user_id, p.author_id
+             FROM unliked JOIN {s}.posts p USING (post_id)",
+            &[&posts, &users],
+        )
+        .await?;
+        for row in rows {
+            deltas.add_like(row.get(0), -1);
+            deltas.add(row.get(1), LIKES_GIVEN, -1);
+            deltas.add(row.get(2), LIKES_RECEIVED, -1);
+        }
+        Ok(())
+    }
+
+    async fn follow(
+        &self,
+        tx: &Transaction<'_>,
+        schema: &str,
+        deltas: &mut CounterDeltas,
+    ) -> Result<(), Error> {
+        let events = &self.followed;
+        let followers: Vec<Uuid> = events.iter().map(|(e, _)| e.follower_id).collect();
+        let followees: Vec<Uuid> = events.iter().map(|(e, _)| e.followee_id).collect();
+        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at)| *at).collect();
+        let rows = query(
+            tx,
+            schema,
+            "INSERT INTO {s}.follows (follower_id, followee_id, followed_at)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
+             ON CONFLICT (follower_id, followee_id) DO NOTHING
+             RETURNING follower_id, followee_id",
+            &[&followers, &followees, &at],
+        )
+        .await?;
+        for row in rows {
+            deltas.add(row.get(0), FOLLOWING, 1);
+            deltas.add(row.get(1), FOLLOWERS, 1);
+        }
+        Ok(())
+    }
+
+    async fn unfollow(
+        &self,
+        tx: &Transaction<'_>,
+        schema: &str,
+        deltas: &mut CounterDeltas,
+    ) -> Result<(), Error> {
+        let events = &self.unfollowed;
+        let followers: Vec<Uuid> = events.iter().map(|e| e.follower_id).collect();
+        let followees: Vec<Uuid> = events.iter().map(|e| e.followee_id).collect();
+        let rows = query(
+            tx,
+            schema,
+            "DELETE FROM {s}.follows f
+             USING unnest($1::uuid[], $2::uuid[]) AS d(follower_id, followee_id)
+             WHERE f.follower_id = d.follower_id AND f.followee_id = d.followee_id
+             RETURNING f.follower_id, f.followee_id",
+            &[&followers, &followees],
+        )
+        .await?;
+        for row in rows {
+            deltas.add(row.get(0), FOLLOWING, -1);
+            deltas.add(row.get(1), FOLLOWERS, -1);
+        }
+        Ok(())
+    }
+}
