@@ -395,11 +395,13 @@ pub(crate) async fn publish(
 ) -> Answer<Published> {
     let body = validate::post_body(&request.body)?;
     let reply_to = request.reply_to;
+    // Checked always (a malformed one is a client's mistake), waited for only by a reply.
+    let positions = min_positions(&query_pairs(query.as_deref())?)?;
     let fingerprint = format!("publish\n{reply_to:?}\n{body}");
     let appended = app
         .append_once(actor, &key, &fingerprint, async || {
             if let Some(parent) = reply_to {
-                app.wait(query).await?;
+                wait_for_positions(&app.progress, &positions, app.consistency_wait).await?;
                 app.post_author(parent).await?;
             }
             let event = Event::PostPublished(PostPublished {

@@ -197,7 +197,8 @@ fn constrain_positions(operation: &mut Operation, only_with_reply_to: bool) {
                     "Only with `reply_to`: wait until the read models include this position \
                      (the `position` of the post replied to) before checking that it exists; \
                      repeat for several. Waits at most `CHRONICLE_CONSISTENCY_WAIT_MS`, then \
-                     answers 503 `stale_read`. Without `reply_to` it is not read at all."
+                     answers 503 `stale_read`. Without `reply_to` it is not waited for, but a \
+                     malformed one is still a 400 `invalid_position`."
                         .to_owned(),
                 );
             }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::harness::{NO_POSITIONS, TestApp, with_positions};
 
@@ -75,6 +75,21 @@ async fn malformed_positions_are_rejected() {
         app.delete_post(&user.token, &post.id, &mixed)
             .await
             .assert_problem(400, "invalid_position");
+        // A publish reads its positions only to wait for the post it replies to, and still
+        // refuses malformed ones when it replies to nothing.
+        for body in [
+            json!({ "body": "a reply", "reply_to": post.id }),
+            json!({ "body": "not a reply" }),
+        ] {
+            app.send(with_positions(
+                app.command(Method::POST, "/v1/posts")
+                    .bearer_auth(&user.token)
+                    .json(&body),
+                &bad,
+            ))
+            .await
+            .assert_problem(400, "invalid_position");
+        }
     }
     // The command API's own positions are of course well-formed.
     let resp = app

@@ -45,19 +45,6 @@ STATE_DEPENDENT = [
 ]
 
 
-def _unread_min_position(failure, case):
-    """negative_data_rejection (ST201) of POST /v1/posts for a malformed `min_position` when the
-    post replies to nothing: the command reads `min_position` only to wait for the post it
-    replies to (documented on the parameter), so without `reply_to` it never looks at it."""
-    body = case.body if isinstance(case.body, dict) else {}
-    return (
-        failure.code == "ST201"
-        and case.operation.label == "POST /v1/posts"
-        and body.get("reply_to") is None
-        and "parameter `min_position`" in (failure.message or "")
-    )
-
-
 def _problem(response):
     try:
         body = response.json()
@@ -69,9 +56,6 @@ def _problem(response):
 @schemathesis.hook
 def filter_failure(context, failure, case, response):
     """Keeps a failure unless it is one of STATE_DEPENDENT."""
-    if _unread_min_position(failure, case):
-        DROPPED["ST201 POST /v1/posts: min_position without reply_to"] += 1
-        return False
     if response is None:
         return True
     problem = _problem(response)
