@@ -290,15 +290,7 @@ impl AppState {
                 metrics::counter!("command_answer_deadline_total").increment(1);
                 tracing::warn!(event.id = %attempt.envelope.event_id, "no acknowledgement before the answer's deadline; outcome unknown");
                 if !attempt.stored
-                    && let Err(problem) = self
-                        .store(
-                            attempt.scope,
-                            &attempt.key,
-                            &attempt.fingerprint,
-                            &attempt.envelope,
-                            None,
-                        )
-                        .await
+                    && let Err(problem) = self.store_attempt(&attempt, None).await
                 {
                     tracing::error!(code = problem.code(), event.id = %attempt.envelope.event_id, "failed to store the key of a command whose outcome is unknown");
                 }
@@ -316,16 +308,7 @@ impl AppState {
                 self.set_position(attempt.scope, &attempt.key, *position)
                     .await
             }
-            (Sent::Unknown, false) => self
-                .store(
-                    attempt.scope,
-                    &attempt.key,
-                    &attempt.fingerprint,
-                    &attempt.envelope,
-                    None,
-                )
-                .await
-                .map(drop),
+            (Sent::Unknown, false) => self.store_attempt(attempt, None).await.map(drop),
             _ => Ok(()),
         };
         if let Err(problem) = recorded {
@@ -344,18 +327,26 @@ impl AppState {
         if attempt.stored {
             return;
         }
-        let recorded = self
-            .store(
-                attempt.scope,
-                &attempt.key,
-                &attempt.fingerprint,
-                &attempt.envelope,
-                Some(*position),
-            )
-            .await;
+        let recorded = self.store_attempt(attempt, Some(*position)).await;
         if let Err(problem) = recorded {
             tracing::error!(code = problem.code(), event.id = %attempt.envelope.event_id, "failed to record a command's outcome under its key");
         }
+    }
+
+    /// [`AppState::store`] of `attempt`'s key and envelope.
+    async fn store_attempt(
+        &self,
+        attempt: &Attempt,
+        position: Option<Position>,
+    ) -> Result<bool, Problem> {
+        self.store(
+            attempt.scope,
+            &attempt.key,
+            &attempt.fingerprint,
+            &attempt.envelope,
+            position,
+        )
+        .await
     }
 
     /// The row of an unexpired key, if any; 422 if it was used for another command.

@@ -255,6 +255,31 @@ impl KafkaCluster {
         }
     }
 
+    /// Pauses node `i` (SIGSTOP to its process): its sockets still take requests, and nothing
+    /// answers them until [`KafkaCluster::resume`].
+    pub(crate) fn pause(&self, i: usize) {
+        self.signal(i, "STOP");
+    }
+
+    /// Lets node `i`, paused by [`KafkaCluster::pause`], go on (SIGCONT).
+    pub(crate) fn resume(&self, i: usize) {
+        self.signal(i, "CONT");
+    }
+
+    /// Sends `kill -<signal>` to node `i`'s process, by its PID.
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i]
+            .process
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {i} is not running"))
+            .id();
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(sent.success(), "kill -{signal} {pid} failed");
+    }
+
     /// Starts node `i` (0-based) again (blocking until it serves).
     pub(crate) fn restart(&mut self, i: usize) {
         assert!(!self.running(i), "node {i} is running");

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::broker::KafkaCluster;
-use crate::harness::{Paused, Resp, TestApp, scratch_dir};
+use crate::harness::{Resp, TestApp, scratch_dir};
 
 /// Asserts a 503 `outcome_unknown` carrying its key in the header and the body; returns it.
 #[track_caller]
@@ -37,7 +37,6 @@ async fn a_broker_that_takes_the_event_and_never_answers_is_outcome_unknown_and_
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     };
-    let node = root.join(&name).join("node-1").join("server.properties");
     let app = TestApp::builder()
         .broker(&broker.address())
         .env("CHRONICLE_PRODUCE_TIMEOUT_MS", "2000")
@@ -48,12 +47,12 @@ async fn a_broker_that_takes_the_event_and_never_answers_is_outcome_unknown_and_
 
     // Act: the broker is paused (SIGSTOP): its sockets take the produce requests, nothing
     // answers them. A registration and a post, without keys...
-    assert_eq!(Paused::signal_processes_naming(&node, "STOP"), 1);
+    broker.pause(0);
     let registration = app.register("ghost", "Ghost").await;
     let post = app.publish(&writer.token, "said into the void").await;
     // ...and someone else wanting the same handle meanwhile.
     let rival = app.register("ghost", "Rival").await;
-    assert_eq!(Paused::signal_processes_naming(&node, "CONT"), 1);
+    broker.resume(0);
 
     // Assert: both commands answered outcome_unknown with a key; the handle stayed reserved.
     let registration_key = unknown_outcome_key(&registration);
@@ -70,24 +69,18 @@ async fn a_broker_that_takes_the_event_and_never_answers_is_outcome_unknown_and_
         )
         .await;
     retried_registration.assert_status(201);
-    let retried_post = app
-        .send(
+    let retry_post = || {
+        app.send(
             app.command(Method::POST, "/v1/posts")
                 .bearer_auth(&writer.token)
                 .header("idempotency-key", &post_key)
                 .json(&json!({ "body": "said into the void" })),
         )
-        .await;
+    };
+    let retried_post = retry_post().await;
     retried_post.assert_status(202);
     // ...and a second retry gets the same answer.
-    let again = app
-        .send(
-            app.command(Method::POST, "/v1/posts")
-                .bearer_auth(&writer.token)
-                .header("idempotency-key", &post_key)
-                .json(&json!({ "body": "said into the void" })),
-        )
-        .await;
+    let again = retry_post().await;
     again.assert_status(202);
     assert_eq!(
         again.str_field("post_id"),

@@ -278,14 +278,7 @@ impl TestApp {
 
     /// Starts one more projector process in the test's consumer group.
     pub(crate) async fn start_projector(&self) {
-        let launcher = self.launcher.clone();
-        let projector = tokio::task::spawn_blocking(move || launcher.start("projector"))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        self.projectors
-            .lock()
-            .expect("projectors lock")
-            .push(projector);
+        self.start_projector_with(&[]).await;
     }
 
     /// Kills (SIGKILL) every projector process; how many of them were still running (not
@@ -466,44 +459,5 @@ impl TestApp {
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-    }
-}
-
-/// Pausing a process the test started (a private broker), e.g. to make a broker that takes a
-/// request and never answers it.
-pub(crate) struct Paused;
-
-impl Paused {
-    /// Sends `kill -<signal>` (`STOP` or `CONT`) to each process whose command line names
-    /// `file` (a private broker node's `server.properties`, unique to the test), and returns
-    /// how many there were.
-    pub(crate) fn signal_processes_naming(file: &Path, signal: &str) -> usize {
-        let needle = file.to_string_lossy().into_owned();
-        let mut signalled = 0;
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            if !String::from_utf8_lossy(&cmdline)
-                .split('\0')
-                .any(|arg| arg == needle)
-            {
-                continue;
-            }
-            let sent = Command::new("kill")
-                .args([format!("-{signal}"), pid.to_string()])
-                .status()
-                .expect("cannot run kill");
-            assert!(sent.success(), "kill -{signal} {pid} failed");
-            signalled += 1;
-        }
-        signalled
     }
 }
