@@ -173,29 +173,19 @@ impl AppState {
     /// The author of a live (published, not deleted) post, from the read models.
     async fn post_author(&self, post_id: Uuid) -> Result<Uuid, Problem> {
         let schema = self.progress.require_read_schema()?;
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT author_id FROM {schema}.posts WHERE post_id = $1 AND deleted_at IS NULL"
-            ))
-            .await?;
-        client
-            .query_opt(&statement, &[&post_id])
+        self.lookups
+            .post_author(&schema, post_id)
             .await?
-            .map(|row| row.get(0))
             .ok_or_else(problems::post_not_found)
     }
 
     /// Checks that a user is registered, from the read models.
     async fn user_exists(&self, user_id: Uuid) -> Result<(), Problem> {
         let schema = self.progress.require_read_schema()?;
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(&format!("SELECT 1 FROM {schema}.users WHERE user_id = $1"))
-            .await?;
-        match client.query_opt(&statement, &[&user_id]).await? {
-            Some(_) => Ok(()),
-            None => Err(problems::user_not_found()),
+        if self.lookups.user_exists(&schema, user_id).await? {
+            Ok(())
+        } else {
+            Err(problems::user_not_found())
         }
     }
 }

@@ -535,9 +535,11 @@ mod tests {
         cluster
             .broker_round_trip_time(1, Duration::from_secs(3))
             .expect("slow broker");
+        let pool = config.database.pool().expect("a lazy pool");
         let app = AppState(Arc::new(Shared {
             producer,
-            pool: config.database.pool().expect("a lazy pool"),
+            lookups: crate::lookup::Lookups::start(&pool),
+            pool,
             progress: chronicle_infra::progress::Progress::follow(
                 config.database.pg_config().expect("a database config"),
                 config.kafka.topic.clone(),

@@ -10,6 +10,7 @@
 mod auth;
 mod handlers;
 mod idempotency;
+mod lookup;
 mod openapi;
 mod problems;
 mod validate;
@@ -131,6 +132,8 @@ pub(crate) struct AppState(Arc<Shared>);
 pub(crate) struct Shared {
     producer: EventProducer,
     pool: Pool,
+    /// The existence checks of commands, coalesced.
+    lookups: lookup::Lookups,
     progress: Progress,
     tokens: auth::Tokens,
     /// Commands per user (`None`: unlimited).
@@ -185,6 +188,7 @@ impl Application {
         let progress = Progress::follow(config.database.pg_config()?, config.kafka.topic.clone());
         let state = AppState(Arc::new(Shared {
             producer: producer.clone(),
+            lookups: lookup::Lookups::start(&pool),
             pool,
             progress,
             tokens: auth::Tokens::new(
