@@ -42,7 +42,7 @@ struct Check {
 
 /// A queue of checks of one kind, and the task that answers them in batches.
 #[derive(Clone)]
-pub(crate) struct Coalescer {
+struct Coalescer {
     checks: mpsc::Sender<Check>,
 }
 
