@@ -274,10 +274,13 @@ impl Partition<'_> {
             apply(&tx, &schema, &fresh, &mut deltas).await?;
             applied = fresh.len();
         }
-        deltas.write(&tx, &schema).await?;
+        // The notification goes out at commit, wherever it is sent in the transaction; sent
+        // before the counters, it keeps the row locks they take (which batches of other
+        // partitions may be waiting for) held for as short a time as possible.
         let note = notification_payload(&generation, self.topic, self.partition, next);
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &note])
-            .await?;
+        let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
+        tx.execute(&notify, &[&CHANNEL, &note]).await?;
+        deltas.write(&tx, &schema).await?;
         tx.commit().await?;
         Ok(Outcome::Applied {
             next,

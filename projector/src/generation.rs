@@ -87,11 +87,11 @@ pub async fn active(client: &impl GenericClient) -> anyhow::Result<String> {
 pub(crate) async fn active_held(
     client: &impl GenericClient,
 ) -> Result<Option<String>, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached("SELECT name FROM projection.generations WHERE state = 'active' FOR SHARE")
+        .await?;
     Ok(client
-        .query_opt(
-            "SELECT name FROM projection.generations WHERE state = 'active' FOR SHARE",
-            &[],
-        )
+        .query_opt(&statement, &[])
         .await?
         .map(|row| row.get(0)))
 }

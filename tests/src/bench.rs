@@ -17,5 +17,7 @@ pub use fixture::{
     wait_until_projected, with_database,
 };
 pub use load::{ClosedLoop, Freshness, Latencies, closed_loop, measure_time, open_loop, run_all};
-pub use process::{CpuShare, CpuUse, JvmMemory, broker_memory, broker_pid, peak_rss_mib};
+pub use process::{
+    CpuShare, CpuUse, JvmMemory, broker_jit_seconds, broker_memory, broker_pid, peak_rss_mib,
+};
 pub use report::{Goal, Measure};

@@ -59,9 +59,21 @@ impl CounterDeltas {
         }
     }
 
-    /// Writes the changes: users, then posts, each in ascending id, so that concurrent batches
-    /// take row locks in one global order.
+    /// Writes the changes. Like counts first: they live on the post's row, which only this
+    /// partition's batches touch (a post deleted earlier in the batch keeps its zero). Then the
+    /// counters that batches of other partitions also move, users then reply counts, each in
+    /// ascending id, so that concurrent batches take those row locks in one global order (no
+    /// deadlock) and as late as possible: each is held until the commit that follows.
     pub(crate) async fn write(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
+        write_post_deltas(
+            tx,
+            schema,
+            &self.likes,
+            "UPDATE {s}.posts p SET like_count = p.like_count + d.by
+             FROM unnest($1::uuid[], $2::int8[]) AS d(post_id, by)
+             WHERE p.post_id = d.post_id AND p.deleted_at IS NULL",
+        )
+        .await?;
         self.write_users(tx, schema).await?;
         // Replies: the parent is in another partition, and may not even be applied yet.
         write_post_deltas(
@@ -71,17 +83,6 @@ impl CounterDeltas {
             "INSERT INTO {s}.post_counters AS c (post_id, reply_count)
              SELECT * FROM unnest($1::uuid[], $2::int8[]) ORDER BY 1
              ON CONFLICT (post_id) DO UPDATE SET reply_count = c.reply_count + EXCLUDED.reply_count",
-        )
-        .await?;
-        // Like counts live on the post's row; only this partition's batches touch it. A post
-        // deleted earlier in the batch keeps its zero.
-        write_post_deltas(
-            tx,
-            schema,
-            &self.likes,
-            "UPDATE {s}.posts p SET like_count = p.like_count + d.by
-             FROM unnest($1::uuid[], $2::int8[]) AS d(post_id, by)
-             WHERE p.post_id = d.post_id AND p.deleted_at IS NULL",
         )
         .await
     }

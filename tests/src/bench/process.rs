@@ -198,6 +198,39 @@ impl std::fmt::Display for CpuShare {
     }
 }
 
+/// CPU seconds the broker's JIT compiler threads (HotSpot's `C1 CompilerThread`s and `C2
+/// CompilerThread`s) have used so far; `None` without a broker PID. A JVM started for the run
+/// compiles its hot paths during the first sustained load, which would be charged to whichever
+/// measure comes first.
+pub fn broker_jit_seconds() -> Option<f64> {
+    let pid = broker_pid()?;
+    let mut seconds = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map_or("", |(_, comm)| comm);
+        if !comm.contains("CompilerThre") {
+            continue;
+        }
+        // utime and stime: the 12th and 13th fields after the ')'.
+        seconds += tail
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|field| field.parse::<f64>().ok())
+            .sum::<f64>()
+            / 100.0;
+    }
+    Some(seconds)
+}
+
 /// The most memory the process has held so far (VmHWM), in MiB; `None` once it has ended.
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     status_kib(pid, "VmHWM:").map(|kib| kib / 1024.0)
