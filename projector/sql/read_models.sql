@@ -1,7 +1,6 @@
 -- The read models of one generation, created in schema {schema} by `projector rebuild`.
--- Generation g1 was built by migrations 0001-0005 into the same shape, and migrations after
--- those change every existing generation alike. A change of what events make of the read models
--- is a new projection (bump PROJECTION_VERSION) and reaches users through a rebuild.
+-- Generation g1 was built by migrations 0001-0005 into the same shape; a change here is a new
+-- projection (bump PROJECTION_VERSION) and reaches users through a rebuild.
 
 -- Handles are unique where the command API reserves them, not here: two UserRegistered events
 -- for one handle (from history written before outcome_unknown) both become users, and a lookup
@@ -15,18 +14,13 @@ CREATE TABLE {schema}.users (
 );
 CREATE INDEX users_handle ON {schema}.users (handle, joined_at, user_id);
 
--- A user's counters are the sum of their rows: one per partition of the log whose batches moved
--- them, so that batches of different partitions never wait for each other's row locks (see
--- migration 0008).
 CREATE TABLE {schema}.user_counters (
-    user_id         uuid NOT NULL,
-    partition       int NOT NULL,
+    user_id         uuid PRIMARY KEY,
     post_count      bigint NOT NULL DEFAULT 0,
     follower_count  bigint NOT NULL DEFAULT 0,
     following_count bigint NOT NULL DEFAULT 0,
     likes_received  bigint NOT NULL DEFAULT 0,
-    likes_given     bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (user_id, partition)
+    likes_given     bigint NOT NULL DEFAULT 0
 );
 
 CREATE TABLE {schema}.posts (

@@ -280,7 +280,7 @@ impl Partition<'_> {
         let note = notification_payload(&generation, self.topic, self.partition, next);
         let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
         tx.execute(&notify, &[&CHANNEL, &note]).await?;
-        deltas.write(&tx, &schema, self.partition).await?;
+        deltas.write(&tx, &schema).await?;
         tx.commit().await?;
         Ok(Outcome::Applied {
             next,

@@ -164,7 +164,7 @@ pub(crate) async fn analyze(pool: &Pool, target: &Target) -> anyhow::Result<()> 
     let schema = schema_of(&name);
     let tables = crate::verify::TABLES
         .iter()
-        .map(|table| format!("{schema}.{}", table.name))
+        .map(|(table, _, _)| format!("{schema}.{table}"))
         .collect::<Vec<_>>()
         .join(", ");
     client.batch_execute(&format!("ANALYZE {tables}")).await?;

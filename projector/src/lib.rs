@@ -81,11 +81,6 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "handles_not_unique",
         sql: include_str!("../migrations/0007_handles_not_unique.sql"),
     },
-    Migration {
-        version: 8,
-        name: "counters_per_partition",
-        sql: include_str!("../migrations/0008_counters_per_partition.sql"),
-    },
 ];
 
 /// The projector's command line: what to do, and the configuration (from the environment).

@@ -379,7 +379,7 @@ async fn decide(pool: &Pool, topic: &str, id: i64, decision: Decision) -> anyhow
             }
         }
     }
-    deltas.write(&tx, &schema, partition).await?;
+    deltas.write(&tx, &schema).await?;
     // Readers waiting on this partition re-check; the stored offset itself did not move.
     let stored: i64 = tx
         .query_opt(

@@ -11,72 +11,29 @@ use deadpool_postgres::GenericClient;
 
 use crate::generation::schema_of;
 
-/// Every read-model table of a generation, with what is compared of it: its columns, which
-/// rows, and (where it is not the table itself) the relation they are read from, `{s}` standing
-/// for the generation's schema.
-pub(crate) const TABLES: &[Table] = &[
-    Table::whole("users", "user_id, handle, display_name, bio, joined_at"),
-    // A user's counters are the sum of their rows, one per partition whose batches moved them;
-    // how the sum is split over partitions is not what the read models mean, so the sums are
-    // compared.
-    Table {
-        name: "user_counters",
-        columns: "user_id, post_count, follower_count, following_count, likes_received, likes_given",
-        rows: "(post_count, follower_count, following_count, likes_received, likes_given) <> (0, 0, 0, 0, 0)",
-        from: Some(
-            "(SELECT user_id, sum(post_count) AS post_count, sum(follower_count) AS follower_count,
-                     sum(following_count) AS following_count, sum(likes_received) AS likes_received,
-                     sum(likes_given) AS likes_given
-              FROM {s}.user_counters GROUP BY user_id)",
-        ),
-    },
-    Table::whole(
+/// Every read-model table of a generation, with what is compared of it: its columns, and
+/// which rows.
+pub(crate) const TABLES: &[(&str, &str, &str)] = &[
+    (
+        "users",
+        "user_id, handle, display_name, bio, joined_at",
+        "true",
+    ),
+    (
+        "user_counters",
+        "user_id, post_count, follower_count, following_count, likes_received, likes_given",
+        "(post_count, follower_count, following_count, likes_received, likes_given) <> (0, 0, 0, 0, 0)",
+    ),
+    (
         "posts",
         "post_id, author_id, body, published_at, like_count, deleted_at, reply_to",
+        "true",
     ),
-    Table {
-        name: "post_counters",
-        columns: "post_id, reply_count",
-        rows: "reply_count <> 0",
-        from: None,
-    },
-    Table::whole("likes", "post_id, user_id, liked_at"),
-    Table::whole("follows", "follower_id, followee_id, followed_at"),
-    Table::whole("applied_events", "event_id"),
+    ("post_counters", "post_id, reply_count", "reply_count <> 0"),
+    ("likes", "post_id, user_id, liked_at", "true"),
+    ("follows", "follower_id, followee_id, followed_at", "true"),
+    ("applied_events", "event_id", "true"),
 ];
-
-/// What [`compare`] compares of one read-model table.
-pub(crate) struct Table {
-    /// The table.
-    pub(crate) name: &'static str,
-    /// The columns compared.
-    pub(crate) columns: &'static str,
-    /// Which rows are compared (a condition on the columns).
-    pub(crate) rows: &'static str,
-    /// The relation the columns are read from, if not the table itself.
-    pub(crate) from: Option<&'static str>,
-}
-
-impl Table {
-    /// Every row of `name`, with `columns`.
-    const fn whole(name: &'static str, columns: &'static str) -> Table {
-        Table {
-            name,
-            columns,
-            rows: "true",
-            from: None,
-        }
-    }
-
-    /// The relation read in generation `generation`, with the table's name as its alias.
-    fn relation(&self, generation: &str) -> String {
-        let schema = schema_of(generation);
-        match self.from {
-            Some(from) => format!("{} {}", from.replace("{s}", &schema), self.name),
-            None => format!("{schema}.{}", self.name),
-        }
-    }
-}
 
 /// One table's fingerprint in one generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,19 +100,18 @@ pub async fn compare(
     b: &str,
 ) -> Result<Comparison, tokio_postgres::Error> {
     let mut tables = Vec::with_capacity(TABLES.len());
-    for table in TABLES {
-        let x = checksum(client, a, table).await?;
-        let y = checksum(client, b, table).await?;
+    for (table, columns, filter) in TABLES {
+        let x = checksum(client, &schema_of(a), table, columns, filter).await?;
+        let y = checksum(client, &schema_of(b), table, columns, filter).await?;
         tables.push((x, y));
     }
     let mut first_difference = None;
-    if let Some(table) = TABLES
+    if let Some((table, columns, filter)) = TABLES
         .iter()
         .zip(&tables)
         .find(|(_, (x, y))| x != y)
         .map(|(spec, _)| spec)
     {
-        let (columns, filter) = (table.columns, table.rows);
         let only = |from: &str, other: &str| {
             format!(
                 "SELECT ROW({columns})::text FROM (
@@ -163,8 +119,8 @@ pub async fn compare(
                      EXCEPT ALL
                      SELECT {columns} FROM {} WHERE {filter}
                  ) d LIMIT 5",
-                table.relation(from),
-                table.relation(other)
+                qualified(from, table),
+                qualified(other, table)
             )
         };
         let rows = |sql: String| async move {
@@ -174,7 +130,7 @@ pub async fn compare(
                     .collect::<Vec<_>>()
             })
         };
-        first_difference = Some((table.name, rows(only(a, b)).await?, rows(only(b, a)).await?));
+        first_difference = Some((*table, rows(only(a, b)).await?, rows(only(b, a)).await?));
     }
     Ok(Comparison {
         names: (a.to_owned(), b.to_owned()),
@@ -183,26 +139,30 @@ pub async fn compare(
     })
 }
 
+fn qualified(generation: &str, table: &str) -> String {
+    format!("{}.{table}", schema_of(generation))
+}
+
 async fn checksum(
     client: &impl GenericClient,
-    generation: &str,
-    table: &Table,
+    schema: &str,
+    table: &'static str,
+    columns: &str,
+    filter: &str,
 ) -> Result<TableSum, tokio_postgres::Error> {
-    let (columns, filter) = (table.columns, table.rows);
     let row = client
         .query_one(
             &format!(
                 "SELECT count(*), coalesce(sum(
                      ('x' || left(md5(ROW({columns})::text), 16))::bit(64)::bigint::numeric
                  ), 0)::text
-                 FROM {} WHERE {filter}",
-                table.relation(generation)
+                 FROM {schema}.{table} WHERE {filter}"
             ),
             &[],
         )
         .await?;
     Ok(TableSum {
-        table: table.name,
+        table,
         rows: row.get(0),
         checksum: row.get(1),
     })

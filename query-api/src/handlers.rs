@@ -228,11 +228,7 @@ pub(crate) async fn ready(State(app): State<AppState>) -> StatusCode {
 const PROFILE: &str = "SELECT u.user_id, u.handle, u.display_name, u.bio, u.joined_at,
         coalesce(c.post_count, 0), coalesce(c.follower_count, 0), coalesce(c.following_count, 0),
         coalesce(c.likes_received, 0), coalesce(c.likes_given, 0)
-    FROM {s}.users u LEFT JOIN LATERAL (
-        SELECT sum(post_count)::bigint AS post_count, sum(follower_count)::bigint AS follower_count,
-               sum(following_count)::bigint AS following_count,
-               sum(likes_received)::bigint AS likes_received, sum(likes_given)::bigint AS likes_given
-        FROM {s}.user_counters WHERE user_id = u.user_id) c ON true";
+    FROM {s}.users u LEFT JOIN {s}.user_counters c ON c.user_id = u.user_id";
 
 fn profile_from(row: &Row) -> Profile {
     Profile {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chronicle_tests::workload;
 
 use crate::crash::seed;
-use crate::harness::{TestApp, TestUser};
+use crate::harness::TestApp;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rebuild_under_traffic_fails_no_request_and_no_read_goes_backwards() {
@@ -391,102 +391,4 @@ async fn a_rebuild_freezes_live_projection_only_briefly_not_for_the_comparison()
         "events applied to g2, dead letters"
     );
     app.assert_services_alive();
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn counters_kept_in_one_row_per_user_keep_their_sums_through_migration_8_and_a_rebuild() {
-    // Arrange: likes across partitions (a like is applied by its post's partition, and moves
-    // the liker's and the author's counters there), so a user's counters are in several rows.
-    let app = TestApp::spawn().await;
-    let (users, posts) = seed(&app, 3, 4).await;
-    let mut positions = Vec::new();
-    for liker in &users {
-        for post in posts.iter().filter(|post| post.author != liker.id) {
-            let liked = app.like(&liker.token, &post.id, &[]).await;
-            liked.assert_status(202);
-            positions.push(liked.str_field("position"));
-        }
-    }
-    app.wait_for(&positions).await;
-    let before = profiles(&app, &users, &positions).await;
-    let db = app.db().await;
-    let split: bool = db
-        .query_one(
-            "SELECT count(*) > count(DISTINCT user_id) FROM read_g1.user_counters",
-            &[],
-        )
-        .await
-        .expect("count counter rows")
-        .get(0);
-    assert!(split, "no user's counters were spread over partitions");
-
-    // Act 1: g1 as a database from before migration 8 held it, one row per user, then the
-    // projector starts again and migrates it.
-    db.batch_execute(
-        "BEGIN;
-         CREATE TEMP TABLE summed AS
-             SELECT user_id, sum(post_count)::bigint AS post_count,
-                    sum(follower_count)::bigint AS follower_count,
-                    sum(following_count)::bigint AS following_count,
-                    sum(likes_received)::bigint AS likes_received,
-                    sum(likes_given)::bigint AS likes_given
-             FROM read_g1.user_counters GROUP BY user_id;
-         ALTER TABLE read_g1.user_counters DROP CONSTRAINT user_counters_pkey;
-         ALTER TABLE read_g1.user_counters DROP COLUMN partition;
-         TRUNCATE read_g1.user_counters;
-         INSERT INTO read_g1.user_counters SELECT * FROM summed;
-         ALTER TABLE read_g1.user_counters ADD PRIMARY KEY (user_id);
-         DELETE FROM projection.schema_migrations WHERE version = 8;
-         COMMIT;",
-    )
-    .await
-    .expect("put g1 back in the shape of migration 7");
-    app.restart_projector().await;
-    let migrated = profiles(&app, &users, &positions).await;
-    let legacy_rows: i64 = db
-        .query_one(
-            "SELECT count(*) FROM read_g1.user_counters WHERE partition = -1",
-            &[],
-        )
-        .await
-        .expect("count the migrated rows")
-        .get(0);
-
-    // Act 2: an unlike after the migration (it moves rows of the post's partition, next to
-    // the migrated ones), then a rebuild that compares g2 with g1.
-    let (author, post) = (&users[0], &posts[0]);
-    assert_eq!(post.author, author.id);
-    let unliked = app.unlike(&users[1].token, &post.id, &[]).await;
-    unliked.assert_status(202);
-    positions.push(unliked.str_field("position"));
-    let after_unlike = app.get_user(&author.id, &positions).await;
-    let (rebuilt, out, err) = app.projector_cli(&["rebuild"]).await;
-
-    // Assert: the migration kept every counter and the migrated rows are the old ones; the
-    // unlike moved the author's count from there; the rebuilt generation, one row per user
-    // and partition, compares equal to the migrated one.
-    assert_eq!(migrated, before, "the migration changed a profile");
-    assert_eq!(legacy_rows, users.len() as i64);
-    let received = |profile: &serde_json::Value| profile["likes_received"].as_u64();
-    assert_eq!(
-        Some(after_unlike.u64_field("likes_received") + 1),
-        received(&before[0])
-    );
-    assert!(rebuilt, "{out}\n{err}");
-    assert!(out.contains("g1 and g2 hold the same read models"), "{out}");
-}
-
-/// Each user's profile, read once `positions` are applied.
-async fn profiles(
-    app: &TestApp,
-    users: &[TestUser],
-    positions: &[String],
-) -> Vec<serde_json::Value> {
-    let mut profiles = Vec::new();
-    for user in users {
-        let profile = app.get_user(&user.id, positions).await;
-        profile.assert_status(200);
-        profiles.push(profile.body);
-    }
-    profiles
 }

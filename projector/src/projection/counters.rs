@@ -1,7 +1,5 @@
-//! Counter changes: collected while a batch is applied, then written once. A user's counters are
-//! written to the row of the batch's partition (a user's counter is the sum of their rows), so
-//! batches of different partitions never wait for each other there; reply counts, written in
-//! post-id order, are the only rows that batches of different partitions share.
+//! Counter changes: collected while a batch is applied, then written once, in user-id order, so
+//! that batches of different partitions that touch the same users never deadlock.
 
 use std::collections::BTreeMap;
 
@@ -61,18 +59,12 @@ impl CounterDeltas {
         }
     }
 
-    /// Writes the changes of a batch of `partition`: like counts (on the post's row, which only
-    /// this partition's batches touch; a post deleted earlier in the batch keeps its zero), the
-    /// users' counters (in this partition's rows), then reply counts, the one kind of row that
-    /// batches of other partitions also write: in ascending post id, so that concurrent batches
-    /// take those locks in one order (no deadlock), and last, so that they are held until the
-    /// commit for as short a time as possible.
-    pub(crate) async fn write(
-        &self,
-        tx: &Transaction<'_>,
-        schema: &str,
-        partition: i32,
-    ) -> Result<(), Error> {
+    /// Writes the changes. Like counts first: they live on the post's row, which only this
+    /// partition's batches touch (a post deleted earlier in the batch keeps its zero). Then the
+    /// counters that batches of other partitions also move, users then reply counts, each in
+    /// ascending id, so that concurrent batches take those row locks in one global order (no
+    /// deadlock) and as late as possible: each is held until the commit that follows.
+    pub(crate) async fn write(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
         write_post_deltas(
             tx,
             schema,
@@ -82,7 +74,7 @@ impl CounterDeltas {
              WHERE p.post_id = d.post_id AND p.deleted_at IS NULL",
         )
         .await?;
-        self.write_users(tx, schema, partition).await?;
+        self.write_users(tx, schema).await?;
         // Replies: the parent is in another partition, and may not even be applied yet.
         write_post_deltas(
             tx,
@@ -95,12 +87,7 @@ impl CounterDeltas {
         .await
     }
 
-    async fn write_users(
-        &self,
-        tx: &Transaction<'_>,
-        schema: &str,
-        partition: i32,
-    ) -> Result<(), Error> {
+    async fn write_users(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
         let changed: Vec<(&Uuid, &Deltas)> = self
             .users
             .iter()
@@ -113,11 +100,10 @@ impl CounterDeltas {
         let column = |i: usize| -> Vec<i64> { changed.iter().map(|(_, d)| d[i]).collect() };
         let statement = tx
             .prepare_cached(&q(schema, "INSERT INTO {s}.user_counters AS c
-                     (user_id, partition, post_count, follower_count, following_count, likes_received, likes_given)
-                 SELECT d.user_id, $7, d.posts, d.followers, d.following, d.received, d.given
-                 FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
-                     AS d(user_id, posts, followers, following, received, given)
-                 ON CONFLICT (user_id, partition) DO UPDATE SET
+                     (user_id, post_count, follower_count, following_count, likes_received, likes_given)
+                 SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
+                 ORDER BY 1
+                 ON CONFLICT (user_id) DO UPDATE SET
                      post_count = c.post_count + EXCLUDED.post_count,
                      follower_count = c.follower_count + EXCLUDED.follower_count,
                      following_count = c.following_count + EXCLUDED.following_count,
@@ -134,7 +120,6 @@ impl CounterDeltas {
                 &column(FOLLOWING),
                 &column(LIKES_RECEIVED),
                 &column(LIKES_GIVEN),
-                &partition,
             ],
         )
         .await?;

@@ -49,7 +49,7 @@ impl Pgbench {
         let id = "(SELECT user_id FROM public.bench_users WHERE n = :n)";
         // The profile; its following count is named for the timeline's `\\gset`.
         let profile_sql = format!(
-            "SELECT u.user_id, u.handle, u.display_name, u.bio, u.joined_at, coalesce(c.post_count, 0), coalesce(c.follower_count, 0), coalesce(c.following_count, 0) AS following, coalesce(c.likes_received, 0), coalesce(c.likes_given, 0) FROM {schema}.users u LEFT JOIN LATERAL (SELECT sum(post_count)::bigint AS post_count, sum(follower_count)::bigint AS follower_count, sum(following_count)::bigint AS following_count, sum(likes_received)::bigint AS likes_received, sum(likes_given)::bigint AS likes_given FROM {schema}.user_counters WHERE user_id = u.user_id) c ON true WHERE u.user_id = {id}"
+            "SELECT u.user_id, u.handle, u.display_name, u.bio, u.joined_at, coalesce(c.post_count, 0), coalesce(c.follower_count, 0), coalesce(c.following_count, 0) AS following, coalesce(c.likes_received, 0), coalesce(c.likes_given, 0) FROM {schema}.users u LEFT JOIN {schema}.user_counters c ON c.user_id = u.user_id WHERE u.user_id = {id}"
         );
         let profile = format!("{pick}{profile_sql};\n");
         // The query API's two statements: the user's profile (how many they follow), then
