@@ -3,7 +3,8 @@
 //!
 //! - command ingest at saturation (2xx commands/s of the full command mix over HTTP), next to
 //!   the bare HTTP baseline (`bare_http`: the same requests, each produced as the same event
-//!   with the same producer settings, nothing else) and a bare rdkafka producer;
+//!   with the same producer settings, nothing else), the two taking turns, and a bare rdkafka
+//!   producer;
 //! - command latency at half Chronicle's saturation rate, on a clock, next to the bare HTTP
 //!   baseline at the same rate;
 //! - freshness at 1,000 commands/s (or half the saturation rate, where that is lower): from a
@@ -33,8 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chronicle_tests::bench::{
-    CpuUse, Fixture, Goal, Measure, Result, bare_producer, broker_freshness, broker_jit_seconds,
-    broker_memory, create_topic, env_parse, measure_time, peak_rss_mib,
+    ClosedLoop, CpuShare, CpuUse, Fixture, Goal, Measure, Result, bare_producer, broker_freshness,
+    broker_jit_seconds, broker_memory, create_topic, env_parse, measure_time, peak_rss_mib,
 };
 
 use crate::bare_http::BareHttp;
@@ -50,6 +51,9 @@ const READ_CLIENTS: usize = 32;
 /// The goal's rate of the freshness measure (`CHRONICLE_BENCH_FRESHNESS_RATE` changes it, to
 /// see freshness on an idle stack), where the command API takes it.
 const FRESHNESS_RATE: u64 = 1_000;
+/// Turns of each side in the ingest measure, taken A B B A ... (an even number: each side goes
+/// first equally often).
+const INGEST_TURNS: usize = 4;
 /// One round of the warm-up: how long each ingest path runs at saturation, unmeasured.
 const WARM_UP_ROUND: Duration = Duration::from_secs(3);
 /// The warm-up ends once the broker's JIT compiler used less than this share of a core over a
@@ -99,6 +103,19 @@ async fn warm_up(http: &reqwest::Client, bases: [&String; 2], mix: &Mix) -> Warm
     }
 }
 
+/// Turns in one measure and the CPU meanwhile, as one.
+fn combine(turns: Vec<(ClosedLoop, CpuShare, Duration)>) -> (ClosedLoop, CpuShare) {
+    let cpu: Vec<(CpuShare, Duration)> = turns
+        .iter()
+        .map(|(_, cpu, took)| (cpu.clone(), *took))
+        .collect();
+    let measured = turns
+        .into_iter()
+        .map(|(measured, _, took)| (measured, took))
+        .collect();
+    (ClosedLoop::combined(measured), CpuShare::combined(&cpu))
+}
+
 /// Says which measure begins (for people watching, and for profilers to find its window).
 fn measuring(what: &str) {
     println!("measuring: {what}");
@@ -127,25 +144,32 @@ async fn run() -> Result<()> {
     let mix = Mix::new(Arc::clone(&users));
     let http = stack.http.clone();
 
-    // 1. Ingest at saturation: Chronicle, the bare HTTP baseline, the bare producer, one after
-    //    the other, all to the topic the projector consumes.
+    // 1. Ingest at saturation: Chronicle and the bare HTTP baseline in turns, then the bare
+    //    producer, all to the topic the projector consumes.
     let bare = BareHttp::start(&fixture, &http).await?;
     let also = [("bare HTTP baseline", bare.pid())];
     // Warm-up, not measured: both ingest paths at saturation until the broker's JIT is quiet.
     // This also connects the bare baseline's producer.
     let warmed = warm_up(&http, [&stack.command, &bare.base], &mix).await;
-    fixture.settle(&db).await?;
-    let before = stack.cpu(&also);
-    measuring("ingest, Chronicle");
-    let ingest =
-        commands::saturate(&http, &stack.command, &mix, SATURATION_CLIENTS, duration).await;
-    let ingest_cpu = stack.cpu(&also).since(&before);
-    fixture.settle(&db).await?;
-    let before = stack.cpu(&also);
-    measuring("ingest, bare HTTP");
-    let bare_ingest =
-        commands::saturate(&http, &bare.base, &mix, SATURATION_CLIENTS, duration).await;
-    let bare_ingest_cpu = stack.cpu(&also).since(&before);
+    // Chronicle and the bare baseline take turns (A B B A ...), so that a machine whose speed
+    // drifts during the run favours neither; each turn starts with everything projected.
+    let mut turns: [Vec<(ClosedLoop, CpuShare, Duration)>; 2] = [Vec::new(), Vec::new()];
+    let turn = duration / INGEST_TURNS as u32;
+    for round in 0..INGEST_TURNS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            let (name, base) = [("Chronicle", &stack.command), ("bare HTTP", &bare.base)][side];
+            fixture.settle(&db).await?;
+            measuring(&format!("ingest, {name}, turn {}", round + 1));
+            let (before, started) = (stack.cpu(&also), Instant::now());
+            let measured = commands::saturate(&http, base, &mix, SATURATION_CLIENTS, turn).await;
+            let took = started.elapsed();
+            turns[side].push((measured, stack.cpu(&also).since(&before), took));
+        }
+    }
+    let [chronicle_turns, bare_turns] = turns;
+    let (ingest, ingest_cpu) = combine(chronicle_turns);
+    let (bare_ingest, bare_ingest_cpu) = combine(bare_turns);
     fixture.settle(&db).await?;
     let before = stack.cpu(&also);
     measuring("ingest, bare producer");
@@ -349,6 +373,7 @@ async fn run() -> Result<()> {
     }
 
     let producer_ratio = ingest.rate / producer;
+    let turn_secs = seconds / INGEST_TURNS as f64;
     let warm_up = format!(
         "{:.0} s of both at saturation, unmeasured, until the broker's JIT compiler used {} of a \
          core (the goal: under {JIT_QUIET})",
@@ -363,7 +388,9 @@ async fn run() -> Result<()> {
             users_count * FOLLOWS_PER_USER
         ),
         format!(
-            "ingest: {SATURATION_CLIENTS} closed-loop clients for {seconds:.0} s each ({MIX}), \
+            "ingest: {SATURATION_CLIENTS} closed-loop clients for {seconds:.0} s each ({MIX}), in \
+             {INGEST_TURNS} turns of {turn_secs:.1} s each, Chronicle and the bare baseline \
+             alternating (A B B A), each turn after the projector caught up; \
              after {warm_up}. \
              Chronicle: {:.0} commands/s answered 2xx, {} not; latency {}; CPU meanwhile: \
              {ingest_cpu}. Bare HTTP (the same requests to a minimal axum handler that produces \

@@ -139,6 +139,28 @@ pub struct ClosedLoop {
     pub latencies: Latencies,
 }
 
+impl ClosedLoop {
+    /// Several measures of the same load as one: `parts` with how long each ran. The rate is
+    /// over their whole time, the failures and latencies are all of theirs.
+    pub fn combined(parts: Vec<(ClosedLoop, std::time::Duration)>) -> ClosedLoop {
+        let seconds: f64 = parts.iter().map(|(_, took)| took.as_secs_f64()).sum();
+        let done: f64 = parts
+            .iter()
+            .map(|(part, took)| part.rate * took.as_secs_f64())
+            .sum();
+        let failed = parts.iter().map(|(part, _)| part.failed).sum();
+        let samples = parts
+            .into_iter()
+            .flat_map(|(part, _)| part.latencies.0)
+            .collect();
+        ClosedLoop {
+            rate: if seconds > 0.0 { done / seconds } else { 0.0 },
+            failed,
+            latencies: Latencies::sorted(samples),
+        }
+    }
+}
+
 /// Runs `clients` clients, each repeating `step(client, n)` as soon as its last one answered,
 /// for `duration`.
 pub async fn closed_loop<'a, F, Fut>(clients: usize, duration: Duration, step: F) -> ClosedLoop

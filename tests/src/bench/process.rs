@@ -117,6 +117,28 @@ pub struct CpuShare {
 }
 
 impl CpuShare {
+    /// Several measures' shares as one: each part's cores averaged over `parts`, weighted by
+    /// how long each ran.
+    pub fn combined(parts: &[(CpuShare, std::time::Duration)]) -> CpuShare {
+        let seconds: f64 = parts.iter().map(|(_, took)| took.as_secs_f64()).sum();
+        let mut used: BTreeMap<String, f64> = BTreeMap::new();
+        for (share, took) in parts {
+            for (name, cores) in &share.parts {
+                *used.entry(name.clone()).or_insert(0.0) += cores * took.as_secs_f64();
+            }
+        }
+        let mut combined: Vec<(String, f64)> = used
+            .into_iter()
+            .map(|(name, core_seconds)| (name, core_seconds / seconds.max(f64::MIN_POSITIVE)))
+            .filter(|(_, cores)| *cores >= 0.005)
+            .collect();
+        combined.sort_by(|a, b| b.1.total_cmp(&a.1));
+        CpuShare {
+            parts: combined,
+            cores: parts.first().map_or(0, |(share, _)| share.cores),
+        }
+    }
+
     /// The cores all parts used together.
     pub fn busy(&self) -> f64 {
         self.parts.iter().map(|(_, cores)| cores).sum()
