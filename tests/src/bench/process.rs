@@ -6,6 +6,8 @@ use std::time::Instant;
 
 /// The part of [`CpuUse`] that is none of the run's processes.
 const OUTSIDE: &str = "everything else";
+/// The fewest cores a part of [`CpuShare`] used to be listed.
+const SHOWN: f64 = 0.005;
 
 /// The broker's PID: `CHRONICLE_BENCH_BROKER_PID`, set by `script/bench`.
 pub fn broker_pid() -> Option<u32> {
@@ -28,7 +30,6 @@ impl CpuUse {
     pub fn now(named: &[(&str, u32)]) -> CpuUse {
         let broker = broker_pid();
         let mut seconds = BTreeMap::new();
-        let ticks = 100.0; // USER_HZ on Linux
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return CpuUse::default();
         };
@@ -43,24 +44,13 @@ impl CpuUse {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 continue;
             };
-            // pid (comm) state ppid ... utime stime cutime cstime: fields 14 to 17, the 12th
-            // to 15th after the ')'. A process that ended and was waited for adds its time to
-            // its parent's cutime and cstime: PostgreSQL's backends to the postmaster's, pgbench
-            // to this benchmark's.
-            let Some((head, tail)) = stat.rsplit_once(')') else {
+            // A process that ended and was waited for adds its time to its parent's cutime and
+            // cstime: PostgreSQL's backends to the postmaster's, pgbench to this benchmark's.
+            let Some(Stat { comm, times }) = Stat::parse(&stat) else {
                 continue;
             };
-            let comm = head.split_once('(').map_or("", |(_, comm)| comm);
-            let fields: Vec<f64> = tail
-                .split_whitespace()
-                .skip(11)
-                .take(4)
-                .map(|field| field.parse().unwrap_or(0.0) / ticks)
-                .collect();
-            let (own, children) = match fields[..] {
-                [utime, stime, cutime, cstime] => (utime + stime, cutime + cstime),
-                _ => continue,
-            };
+            let [utime, stime, cutime, cstime] = times;
+            let (own, children) = (utime + stime, cutime + cstime);
             if pid == std::process::id() {
                 *seconds.entry("benchmark client".to_owned()).or_insert(0.0) += own;
                 // Its children: pgbench, and services it stopped (none while measuring).
@@ -102,7 +92,7 @@ impl CpuUse {
                 // Processes that ended in between make "everything else" shrink; not below 0.
                 (name.clone(), ((secs - earlier) / elapsed).max(0.0))
             })
-            .filter(|(_, cores)| *cores >= 0.005)
+            .filter(|(_, cores)| *cores >= SHOWN)
             .collect();
         parts.sort_by(|a, b| b.1.total_cmp(&a.1));
         CpuShare { parts, cores }
@@ -130,7 +120,7 @@ impl CpuShare {
         let mut combined: Vec<(String, f64)> = used
             .into_iter()
             .map(|(name, core_seconds)| (name, core_seconds / seconds.max(f64::MIN_POSITIVE)))
-            .filter(|(_, cores)| *cores >= 0.005)
+            .filter(|(_, cores)| *cores >= SHOWN)
             .collect();
         combined.sort_by(|a, b| b.1.total_cmp(&a.1));
         CpuShare {
@@ -234,23 +224,40 @@ pub fn broker_jit_seconds() -> Option<f64> {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
-        let Some((head, tail)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let comm = head.split_once('(').map_or("", |(_, comm)| comm);
-        if !comm.contains("CompilerThre") {
-            continue;
+        if let Some(Stat { comm, times }) = Stat::parse(&stat)
+            && comm.contains("CompilerThre")
+        {
+            seconds += times[0] + times[1];
         }
-        // utime and stime: the 12th and 13th fields after the ')'.
-        seconds += tail
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|field| field.parse::<f64>().ok())
-            .sum::<f64>()
-            / 100.0;
     }
     Some(seconds)
+}
+
+/// What the benchmarks read of a `/proc/<pid>/stat` (or a thread's `/proc/<pid>/task/<tid>/stat`).
+struct Stat<'a> {
+    /// The command name (threads have their own: HotSpot's compiler threads, say).
+    comm: &'a str,
+    /// utime, stime, cutime and cstime, in seconds.
+    times: [f64; 4],
+}
+
+impl Stat<'_> {
+    fn parse(stat: &str) -> Option<Stat<'_>> {
+        const TICKS: f64 = 100.0; // USER_HZ on Linux
+        // pid (comm) state ppid ... utime stime cutime cstime: fields 14 to 17, the 12th to
+        // 15th after the ')' (the comm itself may hold spaces and parentheses).
+        let (head, tail) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(').map_or("", |(_, comm)| comm);
+        let mut fields = tail
+            .split_whitespace()
+            .skip(11)
+            .map(|field| field.parse::<f64>().unwrap_or(0.0) / TICKS);
+        let mut times = [0.0; 4];
+        for time in &mut times {
+            *time = fields.next()?;
+        }
+        Some(Stat { comm, times })
+    }
 }
 
 /// The most memory the process has held so far (VmHWM), in MiB; `None` once it has ended.
