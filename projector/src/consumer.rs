@@ -128,11 +128,14 @@ fn create(
     // fetch) took the projector to 128 MiB of RSS while it caught up with a long log, and
     // 8 MiB per partition still to 280 MiB over 12 partitions. A few batches' worth per
     // partition keeps every worker fed (a batch is at most 500 events of well under 1 KiB).
+    // A fetch response stays in memory until its last message is consumed, so the fetch size
+    // bounds RSS too: with 4 MiB fetches and 1 MiB queues the projector peaked at 64-67 MiB while
+    // catching up with 1M events, with 1 MiB and 512 KiB at 56-57 MiB, as fast (BENCHMARKS.md).
     // Operators may set other values through CHRONICLE_KAFKA_*.
     for (key, value) in [
         ("queued.min.messages", "2000"),
-        ("queued.max.messages.kbytes", "1024"),
-        ("fetch.max.bytes", "4194304"),
+        ("queued.max.messages.kbytes", "512"),
+        ("fetch.max.bytes", "1048576"),
     ] {
         if config.get(key).is_none() {
             config.set(key, value);
