@@ -1,16 +1,17 @@
-//! Who is acting: HS256 JWTs issued at registration, checked on every other command.
+//! Who is acting: Ed25519-signed JWTs issued at registration, checked on every other command.
 //!
-//! The acting user always comes from the token's `sub`, never from a request body. Only HS256
-//! is accepted (so `alg: none` and algorithm confusion are refused), and `exp` is required.
+//! The acting user always comes from the token's `sub`, never from a request body. Signing and
+//! checking are [`chronicle_infra::token`]'s; this module holds the command API's keys: the
+//! private key it signs with, the public keys of retired signing keys whose tokens are still
+//! valid, and the HS256 secret of the tokens issued before Ed25519, while they last.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
 use chronicle_infra::Problem;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use chronicle_infra::token::{self, Issuer, KeyError, PublicKey, SigningKey, Verifier};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -45,57 +46,53 @@ impl std::str::FromStr for Secret {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    sub: String,
-    iat: i64,
-    exp: i64,
+/// `CHRONICLE_TOKEN_SIGNING_KEY_FILE`, read when the configuration is parsed.
+pub(crate) fn signing_key_file(path: &str) -> Result<SigningKey, KeyError> {
+    SigningKey::from_file(&PathBuf::from(path))
+}
+
+/// The public keys of retired signing keys (`CHRONICLE_TOKEN_PUBLIC_KEY_FILES`).
+#[derive(Clone, Debug, Default)]
+pub struct RetiredKeys(Vec<PublicKey>);
+
+/// `CHRONICLE_TOKEN_PUBLIC_KEY_FILES`, comma-separated paths (none when empty), read when the
+/// configuration is parsed.
+pub(crate) fn public_key_files(paths: &str) -> Result<RetiredKeys, KeyError> {
+    paths
+        .split(',')
+        .map(str::trim)
+        .filter(|path| !path.is_empty())
+        .map(|path| PublicKey::from_file(&PathBuf::from(path)))
+        .collect::<Result<_, _>>()
+        .map(RetiredKeys)
 }
 
 /// Issues and checks tokens.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct Tokens {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
-    lifetime: Duration,
+    issuer: Issuer,
+    verifier: Verifier,
 }
 
 impl Tokens {
-    pub(crate) fn new(secret: &Secret, lifetime: Duration) -> Tokens {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+    /// Issues with `signing`; accepts its tokens, those of the `retired` keys, and, given the
+    /// `legacy` secret, the HS256 tokens made before Ed25519.
+    pub(crate) fn new(
+        signing: &SigningKey,
+        retired: &RetiredKeys,
+        legacy: Option<&Secret>,
+        lifetime: Duration,
+    ) -> Tokens {
+        let accepted = std::iter::once(signing.public_key()).chain(&retired.0);
         Tokens {
-            encoding: EncodingKey::from_secret(secret.expose()),
-            decoding: DecodingKey::from_secret(secret.expose()),
-            validation,
-            lifetime,
+            issuer: Issuer::new(signing.clone(), lifetime),
+            verifier: Verifier::new(accepted, legacy.map(Secret::expose)),
         }
     }
 
     /// A token for `user`.
     pub(crate) fn issue(&self, user: Uuid) -> Result<String, Problem> {
-        let now = chrono::Utc::now().timestamp();
-        let lifetime = i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX);
-        let claims = Claims {
-            sub: user.to_string(),
-            iat: now,
-            exp: now.saturating_add(lifetime),
-        };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|err| Problem::internal(&err))
-    }
-
-    /// The user a token speaks for.
-    fn verify(&self, token: &str) -> Result<Uuid, Problem> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|err| {
-                tracing::debug!(reason = %err, "token refused");
-                Problem::unauthorized("the bearer token is invalid or expired")
-            })?;
-        Uuid::parse_str(&data.claims.sub)
-            .map_err(|_| Problem::unauthorized("the bearer token does not name a user"))
+        self.issuer.issue(user)
     }
 }
 
@@ -107,21 +104,10 @@ impl FromRequestParts<AppState> for Actor {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Actor, Problem> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| Problem::unauthorized("an Authorization: Bearer token is required"))?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .filter(|token| !token.is_empty())
-            .ok_or_else(|| {
-                Problem::unauthorized("the Authorization header must be `Bearer <token>`")
-            })?;
-        let user = state.tokens.verify(token)?;
+        let user = state
+            .tokens
+            .verifier
+            .verify(token::bearer(&parts.headers)?)?;
         if let Some(limiter) = &state.per_user {
             limiter.check(&user).inspect_err(|_| {
                 metrics::counter!("http_rate_limited_total", "by" => "user").increment(1);
@@ -132,45 +118,38 @@ impl FromRequestParts<AppState> for Actor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn tokens(secret: &str) -> Tokens {
-        Tokens::new(&secret.parse().expect("secret"), Duration::from_secs(60))
+    /// A fresh Ed25519 private key in a PEM file, as `openssl genpkey` writes it.
+    pub(crate) fn key_file() -> PathBuf {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        let seed: [u8; 32] = *Uuid::new_v4()
+            .as_bytes()
+            .repeat(2)
+            .first_chunk()
+            .expect("32");
+        let pem = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .to_pkcs8_pem(Default::default())
+            .expect("pem");
+        let path = std::env::temp_dir().join(format!("chronicle-unit-key-{}.pem", Uuid::now_v7()));
+        std::fs::write(&path, pem.as_bytes()).expect("a key file");
+        path
     }
 
     #[test]
-    fn a_token_names_its_user() {
-        let tokens = tokens("0123456789abcdef0123456789abcdef");
+    fn issued_tokens_verify_and_the_legacy_secret_only_adds_hs256() {
+        let path = key_file();
+        let key = signing_key_file(path.to_str().expect("utf-8")).expect("key");
+        std::fs::remove_file(&path).ok();
+        let none = RetiredKeys::default();
+        let tokens = Tokens::new(&key, &none, None, Duration::from_secs(60));
         let user = Uuid::now_v7();
         let token = tokens.issue(user).expect("token");
-        assert_eq!(tokens.verify(&token).expect("valid"), user);
-    }
-
-    #[test]
-    fn another_secret_is_refused() {
-        let token = tokens("0123456789abcdef0123456789abcdef")
-            .issue(Uuid::now_v7())
-            .expect("token");
-        let other = tokens("fedcba9876543210fedcba9876543210");
-        assert_eq!(
-            other.verify(&token).expect_err("forged").code(),
-            "unauthorized"
-        );
-    }
-
-    #[test]
-    fn unsigned_tokens_are_refused() {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let header = b64.encode(r#"{"alg":"none","typ":"JWT"}"#);
-        let claims = b64.encode(format!(
-            r#"{{"sub":"{}","iat":0,"exp":99999999999}}"#,
-            Uuid::now_v7()
-        ));
-        let token = format!("{header}.{claims}.");
-        let tokens = tokens("0123456789abcdef0123456789abcdef");
-        assert!(tokens.verify(&token).is_err());
+        assert_eq!(tokens.verifier.verify(&token).ok(), Some(user));
+        let with_legacy: Secret = "0123456789abcdef0123456789abcdef".parse().expect("secret");
+        let upgraded = Tokens::new(&key, &none, Some(&with_legacy), Duration::from_secs(60));
+        assert_eq!(upgraded.verifier.verify(&token).ok(), Some(user));
     }
 
     #[test]

@@ -515,10 +515,11 @@ mod tests {
         // Arrange: a broker that takes 3 s to answer anything, and a command API state whose
         // database is nowhere (nothing here needs it to answer).
         let cluster = MockCluster::new(1).expect("mock cluster");
+        let key = auth::tests::key_file();
         let config = Config::try_parse_from([
             "command-api",
-            "--jwt-secret",
-            "a-unit-test-secret-of-at-least-32-bytes",
+            "--token-signing-key-file",
+            key.to_str().expect("a UTF-8 path"),
             "--database-url",
             "postgres://nobody@127.0.0.1:9/nowhere",
             "--kafka-brokers",
@@ -527,6 +528,7 @@ mod tests {
             "unit.events",
         ])
         .expect("a configuration");
+        std::fs::remove_file(&key).ok();
         cluster
             .create_topic(&config.kafka.topic, 1, 1)
             .expect("topic");
@@ -544,7 +546,12 @@ mod tests {
                 config.database.pg_config().expect("a database config"),
                 config.kafka.topic.clone(),
             ),
-            tokens: auth::Tokens::new(&config.jwt_secret, Duration::from_secs(60)),
+            tokens: auth::Tokens::new(
+                &config.token_signing_key,
+                &config.token_public_keys,
+                None,
+                Duration::from_secs(60),
+            ),
             per_user: None,
             consistency_wait: Duration::from_secs(1),
             idempotency_ttl: Duration::from_secs(60),

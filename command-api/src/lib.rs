@@ -31,7 +31,7 @@ use chronicle_infra::telemetry::LogFormat;
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-pub use auth::Secret;
+pub use auth::{RetiredKeys, Secret};
 pub use openapi::document as openapi_document;
 
 /// The schema the command API owns.
@@ -70,13 +70,24 @@ pub struct Config {
         default_value = "127.0.0.1:8080"
     )]
     pub addr: SocketAddr,
-    /// `CHRONICLE_JWT_SECRET`: HS256 secret for tokens, at least 32 bytes (required).
+    /// `CHRONICLE_TOKEN_SIGNING_KEY_FILE`: the Ed25519 private key tokens are signed with, a
+    /// PKCS#8 PEM file as `openssl genpkey -algorithm ed25519` writes it (required).
+    #[arg(long = "token-signing-key-file", env = "CHRONICLE_TOKEN_SIGNING_KEY_FILE",
+          value_parser = auth::signing_key_file)]
+    pub token_signing_key: chronicle_infra::token::SigningKey,
+    /// `CHRONICLE_TOKEN_PUBLIC_KEY_FILES`: comma-separated PEM files of the public keys of retired
+    /// signing keys, whose tokens are still accepted until they expire (default none).
+    #[arg(long = "token-public-key-files", env = "CHRONICLE_TOKEN_PUBLIC_KEY_FILES",
+          default_value = "", value_parser = auth::public_key_files)]
+    pub token_public_keys: auth::RetiredKeys,
+    /// `CHRONICLE_JWT_SECRET`: only while upgrading from HS256 tokens: the old secret, so that
+    /// tokens issued with it keep working until they expire (default unset: they are refused).
     #[arg(
         long = "jwt-secret",
         env = "CHRONICLE_JWT_SECRET",
         hide_env_values = true
     )]
-    pub jwt_secret: Secret,
+    pub jwt_secret: Option<Secret>,
     /// `CHRONICLE_TOKEN_TTL_SECS`: lifetime of issued tokens (default 7 days).
     #[arg(long = "token-ttl-secs", env = "CHRONICLE_TOKEN_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub token_ttl_secs: u64,
@@ -192,7 +203,9 @@ impl Application {
             pool,
             progress,
             tokens: auth::Tokens::new(
-                &config.jwt_secret,
+                &config.token_signing_key,
+                &config.token_public_keys,
+                config.jwt_secret.as_ref(),
                 Duration::from_secs(config.token_ttl_secs),
             ),
             per_user: config.limits.limiter(config.rate_limit_per_user),

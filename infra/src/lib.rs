@@ -17,6 +17,7 @@ pub mod problem;
 pub mod progress;
 pub mod shutdown;
 pub mod telemetry;
+pub mod token;
 
 pub use position::Position;
 pub use problem::Problem;

@@ -6,7 +6,9 @@ use reqwest::Method;
 use reqwest::header::AUTHORIZATION;
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, with_positions};
+use crate::harness::{
+    Rng, TestApp, TokenKey, random_alphanumeric, sign_hs256, token_kid, with_positions,
+};
 
 fn base64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -32,12 +34,20 @@ async fn every_command_rejects_a_missing_or_bad_token() {
         Some(alice.id.as_str()),
         "sub is the user id"
     );
-    let other_secret = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL";
-    assert_ne!(other_secret, app.jwt_secret);
-    let forged = TestApp::sign_token(&claims, other_secret);
+    assert_eq!(token_kid(&alice.token), Some(app.token_key.kid.clone()));
+    let other_key = TokenKey::generate(app.key_dir(), "other-key", &mut Rng::from_entropy());
+    let forged = other_key.sign_as(&claims, &app.token_key.kid);
+    let foreign = other_key.sign(&claims);
+    let hs256 = sign_hs256(&claims, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL");
     let mut not_a_uuid = claims.clone();
     not_a_uuid["sub"] = json!("not-a-uuid");
-    let not_a_uuid = TestApp::sign_token(&not_a_uuid, &app.jwt_secret);
+    let not_a_uuid = app.sign_token(&not_a_uuid);
+    let mut no_kid = alice.token.splitn(2, '.');
+    let no_kid = format!(
+        "{}.{}",
+        base64url(br#"{"alg":"EdDSA","typ":"JWT"}"#),
+        no_kid.nth(1).expect("a JWT has three parts")
+    );
     let unsigned = format!(
         "{}.{}.",
         base64url(br#"{"alg":"none","typ":"JWT"}"#),
@@ -68,8 +78,20 @@ async fn every_command_rejects_a_missing_or_bad_token() {
             Some("Bearer aaaa.bbbb.cccc".to_owned()),
         ),
         (
-            "a token signed with another secret",
+            "a token signed with another key under this key's id",
             Some(format!("Bearer {forged}")),
+        ),
+        (
+            "a token signed with another key under its own id",
+            Some(format!("Bearer {foreign}")),
+        ),
+        (
+            "an HS256 token (as made before Ed25519)",
+            Some(format!("Bearer {hs256}")),
+        ),
+        (
+            "the real token with its key id removed",
+            Some(format!("Bearer {no_kid}")),
         ),
         (
             "a token whose sub is not a UUID",
@@ -95,7 +117,7 @@ async fn every_command_rejects_a_missing_or_bad_token() {
         if old.get("nbf").is_some() {
             old["nbf"] = json!(now - 7200);
         }
-        expired = TestApp::sign_token(&old, &app.jwt_secret);
+        expired = app.sign_token(&old);
         authorizations.push(("an expired token", Some(format!("Bearer {expired}"))));
     }
 
@@ -207,15 +229,79 @@ async fn deleting_another_users_post_is_forbidden_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn tokens_of_a_retired_signing_key_work_until_its_public_key_is_dropped() {
+    // Arrange: alice's token is signed with the key the app started with.
+    let app = TestApp::spawn().await;
+    let alice = app.register_user("alice", "Alice").await;
+    let old = app.token_key.clone();
+    let new = TokenKey::generate(app.key_dir(), "new-key", &mut Rng::from_entropy());
+    let new_private = new.private_file.display().to_string();
+    let old_public = old.public_file.display().to_string();
+
+    // Act: the command API signs with a new key and keeps the old one's public key.
+    app.kill_command_api();
+    app.start_command_api_with(&[
+        ("CHRONICLE_TOKEN_SIGNING_KEY_FILE", &new_private),
+        ("CHRONICLE_TOKEN_PUBLIC_KEY_FILES", &old_public),
+    ])
+    .await;
+    let bob = app.register_user("bob", "Bob").await;
+
+    // Assert: new tokens name the new key; both tokens act.
+    assert_eq!(token_kid(&alice.token), Some(old.kid.clone()));
+    assert_eq!(token_kid(&bob.token), Some(new.kid.clone()));
+    for token in [&alice.token, &bob.token] {
+        app.update_profile(token, json!({"bio": "during the rotation"}))
+            .await
+            .assert_status(202);
+    }
+
+    // Act: the old public key is dropped (its tokens have expired, in real life).
+    app.kill_command_api();
+    app.start_command_api_with(&[("CHRONICLE_TOKEN_SIGNING_KEY_FILE", &new_private)])
+        .await;
+
+    // Assert: only the new key's tokens act.
+    app.update_profile(&alice.token, json!({"bio": "after the rotation"}))
+        .await
+        .assert_problem(401, "unauthorized");
+    app.update_profile(&bob.token, json!({"bio": "after the rotation"}))
+        .await
+        .assert_status(202);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hs256_tokens_from_before_ed25519_act_while_their_secret_is_configured() {
+    // Arrange: a command API upgraded from HS256 tokens, given the old secret.
+    let mut rng = Rng::from_entropy();
+    let secret = random_alphanumeric(48, &mut rng);
+    let app = TestApp::builder()
+        .env("CHRONICLE_JWT_SECRET", &secret)
+        .spawn()
+        .await;
+    let alice = app.register_user("alice", "Alice").await;
+    let claims = TestApp::token_claims(&alice.token);
+    let legacy = sign_hs256(&claims, &secret);
+    let other = sign_hs256(&claims, &random_alphanumeric(48, &mut rng));
+
+    // Act / Assert: new tokens are Ed25519; an old one with the old secret acts, and only it.
+    assert_eq!(token_kid(&alice.token), Some(app.token_key.kid.clone()));
+    app.update_profile(&legacy, json!({"bio": "an old token"}))
+        .await
+        .assert_status(202);
+    app.update_profile(&other, json!({"bio": "a forged old token"}))
+        .await
+        .assert_problem(401, "unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn no_token_or_secret_appears_in_any_log_line() {
     // Arrange: services logging at debug level, and requests carrying good and bad tokens.
     let app = TestApp::builder().env("RUST_LOG", "debug").spawn().await;
     let alice = app.register_user("alice", "Alice").await;
     let post = app.publish_post(&alice, "a post").await;
-    let forged = TestApp::sign_token(
-        &TestApp::token_claims(&alice.token),
-        "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL",
-    );
+    let other_key = TokenKey::generate(app.key_dir(), "other-key", &mut Rng::from_entropy());
+    let forged = other_key.sign_as(&TestApp::token_claims(&alice.token), &app.token_key.kid);
     for token in [alice.token.as_str(), forged.as_str(), "not-a-jwt-at-all"] {
         app.send(
             app.command(Method::PUT, &format!("/v1/posts/{}/like", post.id))
@@ -241,8 +327,14 @@ async fn no_token_or_secret_appears_in_any_log_line() {
         "too little logged to mean anything"
     );
     let signature = |token: &str| token.rsplit('.').next().unwrap_or_default().to_owned();
+    let private_key = std::fs::read_to_string(&app.token_key.private_file).expect("the key file");
+    let private_key = private_key
+        .lines()
+        .find(|line| !line.starts_with("-----"))
+        .expect("a PEM body")
+        .to_owned();
     let secrets = [
-        ("the JWT secret", app.jwt_secret.clone()),
+        ("the token signing key", private_key),
         ("alice's token", alice.token.clone()),
         ("alice's token signature", signature(&alice.token)),
         ("a forged token", forged.clone()),

@@ -261,7 +261,7 @@ async fn two_registrations_of_one_handle_both_apply_and_the_earliest_holds_the_h
     for user in [early, late] {
         let mut claims = TestApp::token_claims(&someone.token);
         claims["sub"] = json!(user);
-        let token = TestApp::sign_token(&claims, &app.jwt_secret);
+        let token = app.sign_token(&claims);
         let resp = app
             .update_profile(&token, json!({ "bio": format!("I am {user}") }))
             .await;

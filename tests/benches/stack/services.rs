@@ -28,6 +28,19 @@ pub(crate) struct Stack {
     /// The query API's base URL.
     pub(crate) query: String,
     services: Vec<(&'static str, Child)>,
+    /// The command API's token signing key, removed at [`Stack::stop`].
+    key_file: std::path::PathBuf,
+}
+
+/// A fresh Ed25519 private key in a PEM file, as `openssl genpkey -algorithm ed25519` writes it.
+fn write_token_key(path: &std::path::Path) -> Result<()> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    let mut seed = [0u8; 32];
+    seed[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    seed[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let pem = ed25519_dalek::SigningKey::from_bytes(&seed).to_pkcs8_pem(Default::default())?;
+    std::fs::write(path, pem.as_bytes())?;
+    Ok(())
 }
 
 /// An HTTP client for the benchmark's load: enough idle connections for its clients.
@@ -66,6 +79,9 @@ impl Stack {
     pub(crate) async fn start(fixture: &Fixture, fetch_wait_ms: u32) -> Result<Stack> {
         let command = free_address()?;
         let query = free_address()?;
+        let key_file =
+            std::env::temp_dir().join(format!("chronicle-bench-{}-token-key.pem", fixture.id));
+        write_token_key(&key_file)?;
         let vars = [
             ("KAFKA_BROKERS", fixture.brokers.clone()),
             ("CHRONICLE_TOPIC", fixture.topic.clone()),
@@ -79,8 +95,8 @@ impl Stack {
             ("CHRONICLE_COMMAND_ADDR", command.clone()),
             ("CHRONICLE_QUERY_ADDR", query.clone()),
             (
-                "CHRONICLE_JWT_SECRET",
-                "bench-secret-bench-secret-bench-secret-0123".to_owned(),
+                "CHRONICLE_TOKEN_SIGNING_KEY_FILE",
+                key_file.display().to_string(),
             ),
             (
                 "CHRONICLE_PROJECTOR_FETCH_WAIT_MS",
@@ -104,6 +120,7 @@ impl Stack {
             command: format!("http://{command}"),
             query: format!("http://{query}"),
             services,
+            key_file,
         };
         for base in [&stack.command, &stack.query] {
             wait_healthy(&stack.http, base).await?;
@@ -131,6 +148,7 @@ impl Stack {
         for (_, mut child) in self.services.drain(..) {
             stop_child(&mut child);
         }
+        std::fs::remove_file(&self.key_file).ok();
     }
 
     /// Sends a command; the JSON answer if it was a success.

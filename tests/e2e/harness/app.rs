@@ -91,8 +91,8 @@ pub(crate) struct TestApp {
     pub(crate) kafka_brokers: String,
     /// The partition count of the test topic.
     pub(crate) partitions: u32,
-    /// The JWT secret the services sign and check tokens with.
-    pub(crate) jwt_secret: String,
+    /// The key pair the command API signs tokens with.
+    pub(crate) token_key: TokenKey,
     /// Base URL of the command API.
     pub(crate) command_url: String,
     /// Base URL of the query API.
@@ -151,8 +151,6 @@ impl TestApp {
         let database = format!("chronicle_t_{}_{id}", test_run());
         let topic = format!("t_{id}.events");
         let group = format!("t_{id}.projector");
-        let mut rng = Rng::from_entropy();
-        let jwt_secret = random_alphanumeric(48, &mut rng);
 
         // Kafka first (nothing to clean up if it is down), then Postgres: a fresh, empty
         // database; the services migrate it.
@@ -177,6 +175,11 @@ impl TestApp {
         let log_dir = env.log_root.join(&database);
         std::fs::create_dir_all(&log_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
+        // Beside the logs, not among them: tests read every log file for secrets.
+        let key_dir = env.log_root.join(format!("{database}.keys"));
+        std::fs::create_dir_all(&key_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", key_dir.display()));
+        let token_key = TokenKey::generate(&key_dir, "token-key", &mut Rng::from_entropy());
 
         let service_env: Vec<(String, String)> = [
             ("KAFKA_BROKERS", env.kafka_brokers.clone()),
@@ -187,7 +190,10 @@ impl TestApp {
                 builder.replication_factor.to_string(),
             ),
             ("DATABASE_URL", database_url.clone()),
-            ("CHRONICLE_JWT_SECRET", jwt_secret.clone()),
+            (
+                "CHRONICLE_TOKEN_SIGNING_KEY_FILE",
+                token_key.private_file.display().to_string(),
+            ),
             ("CHRONICLE_COMMAND_ADDR", "127.0.0.1:0".to_owned()),
             ("CHRONICLE_QUERY_ADDR", "127.0.0.1:0".to_owned()),
             ("CHRONICLE_PROJECTOR_ADDR", "127.0.0.1:0".to_owned()),
@@ -233,7 +239,7 @@ impl TestApp {
             group,
             kafka_brokers: env.kafka_brokers.clone(),
             partitions: builder.partitions,
-            jwt_secret,
+            token_key,
             command_url: String::new(),
             query_url: String::new(),
             client,
@@ -274,6 +280,14 @@ impl TestApp {
     /// Where this test's service logs are written.
     pub(crate) fn log_dir(&self) -> &Path {
         &self.log_dir
+    }
+
+    /// Where this test's token keys are written (outside [`TestApp::log_dir`]).
+    pub(crate) fn key_dir(&self) -> &Path {
+        self.token_key
+            .private_file
+            .parent()
+            .expect("a key file is in a directory")
     }
 
     /// Starts one more projector process in the test's consumer group.
@@ -318,10 +332,24 @@ impl TestApp {
 
     /// Starts the command API again, on the address it had (after [`TestApp::kill_command_api`]).
     pub(crate) async fn start_command_api(&self) {
+        self.start_command_api_with(&[]).await;
+    }
+
+    /// [`TestApp::start_command_api`] with `extra` variables set or replaced.
+    pub(crate) async fn start_command_api_with(&self, extra: &[(&str, &str)]) {
         let launcher = self.launcher.clone();
         let address = self.command_url.trim_start_matches("http://").to_owned();
+        let mut extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        extra.push(("CHRONICLE_COMMAND_ADDR".to_owned(), address));
         let process = tokio::task::spawn_blocking(move || {
-            launcher.start_with("command-api", &[("CHRONICLE_COMMAND_ADDR", &address)])
+            let extra: Vec<(&str, &str)> = extra
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            launcher.start_with("command-api", &extra)
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));

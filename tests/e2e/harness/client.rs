@@ -332,14 +332,9 @@ impl TestApp {
         serde_json::from_slice(&bytes).expect("the JWT payload is JSON")
     }
 
-    /// An HS256 token with `claims`, signed with `secret`.
-    pub(crate) fn sign_token(claims: &Value, secret: &str) -> String {
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            claims,
-            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .expect("failed to sign a test token")
+    /// A token with `claims`, signed with the app's key as the command API signs.
+    pub(crate) fn sign_token(&self, claims: &Value) -> String {
+        self.token_key.sign(claims)
     }
 
     // ----- Postgres -----------------------------------------------------------------------

@@ -15,12 +15,14 @@ mod env;
 mod process;
 mod resp;
 mod rng;
+mod tokens;
 
 pub(crate) use app::*;
 pub(crate) use env::*;
 pub(crate) use process::*;
 pub(crate) use resp::*;
 pub(crate) use rng::*;
+pub(crate) use tokens::*;
 // What the parts share among themselves only.
 
 use std::time::Duration;

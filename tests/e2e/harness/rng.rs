@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::*;
 
 /// A random alphanumeric string of `len` characters (good enough for test secrets).
-pub(super) fn random_alphanumeric(len: usize, rng: &mut Rng) -> String {
+pub(crate) fn random_alphanumeric(len: usize, rng: &mut Rng) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     (0..len)
         .map(|_| char::from(ALPHABET[rng.below(ALPHABET.len())]))
