@@ -58,13 +58,7 @@ pub struct RetiredKeys(Vec<PublicKey>);
 /// `CHRONICLE_TOKEN_PUBLIC_KEY_FILES`, comma-separated paths (none when empty), read when the
 /// configuration is parsed.
 pub(crate) fn public_key_files(paths: &str) -> Result<RetiredKeys, KeyError> {
-    paths
-        .split(',')
-        .map(str::trim)
-        .filter(|path| !path.is_empty())
-        .map(|path| PublicKey::from_file(&PathBuf::from(path)))
-        .collect::<Result<_, _>>()
-        .map(RetiredKeys)
+    token::public_key_files(paths).map(RetiredKeys)
 }
 
 /// Issues and checks tokens.

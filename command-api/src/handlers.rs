@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use chronicle_events::{
-    Envelope, Event, PostDeleted, PostLiked, PostPublished, PostUnliked, ProfileUpdated,
-    UserFollowed, UserRegistered, UserUnfollowed,
+    Envelope, Event, NotificationsRead, PostDeleted, PostLiked, PostPublished, PostUnliked,
+    ProfileUpdated, UserFollowed, UserRegistered, UserUnfollowed,
 };
 use chronicle_infra::Problem;
 use chronicle_infra::client::ClientAddress;
@@ -593,6 +593,45 @@ pub(crate) async fn unfollow(
         let event = Event::UserUnfollowed(UserUnfollowed {
             follower_id: actor,
             followee_id: followee,
+        });
+        Ok(Envelope::new(actor, event))
+    })
+    .await
+    .map(accepted)
+}
+
+/// Notifications read.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReadRequest {
+    /// A `notification_id`: it and every older notification are marked read. It need not be
+    /// listed any more (an unlike withdraws its notification; older ones are still marked).
+    up_to: Uuid,
+}
+
+/// `POST /v1/me/notifications/read`: marks the caller's notifications read up to one of them.
+#[utoipa::path(post, path = "/v1/me/notifications/read", tag = "notifications", request_body = ReadRequest,
+    params(IdempotencyHeader), security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the event is in the log", body = Accepted),
+        (status = 400, description = "Malformed body or `Idempotency-Key` (`invalid_body`, `validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The `Idempotency-Key` was used for a different request (`validation_failed`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable (`broker_unavailable`, `database_unavailable`), or the outcome is unknown (`outcome_unknown`: retry with the `Idempotency-Key` of the answer, also in its `idempotency_key` member)", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn read_notifications(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    key: IdempotencyKey,
+    JsonBody(request): JsonBody<ReadRequest>,
+) -> Answer<Accepted> {
+    let up_to = request.up_to;
+    let fingerprint = format!("read\n{up_to}");
+    app.append_once(actor, &key, &fingerprint, async || {
+        let event = Event::NotificationsRead(NotificationsRead {
+            user_id: actor,
+            up_to,
         });
         Ok(Envelope::new(actor, event))
     })

@@ -278,5 +278,9 @@ fn router(state: AppState) -> Router {
             "/v1/users/me/following/{user_id}",
             put(handlers::follow).delete(handlers::unfollow),
         )
+        .route(
+            "/v1/me/notifications/read",
+            post(handlers::read_notifications),
+        )
         .with_state(state)
 }

@@ -7,7 +7,6 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{
     AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type,
 };
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Required};
 use utoipa::{IntoParams, Modify, OpenApi};
 
@@ -50,12 +49,14 @@ pub(crate) struct IdempotencyHeader {
         handlers::unlike,
         handlers::follow,
         handlers::unfollow,
+        handlers::read_notifications,
     ),
     components(schemas(ProblemBody)),
     modifiers(&BearerAuth, &SharedProblems, &Constraints),
     tags(
         (name = "users", description = "Registration, profiles and follows"),
         (name = "posts", description = "Posts and likes"),
+        (name = "notifications", description = "Marking notifications read"),
     )
 )]
 pub(crate) struct ApiDoc;
@@ -64,16 +65,7 @@ struct BearerAuth;
 
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
+        chronicle_infra::apidoc::add_bearer_scheme(openapi);
     }
 }
 
@@ -244,6 +236,7 @@ mod tests {
             ("/v1/posts/{post_id}/like", "delete"),
             ("/v1/users/me/following/{user_id}", "put"),
             ("/v1/users/me/following/{user_id}", "delete"),
+            ("/v1/me/notifications/read", "post"),
         ] {
             assert!(
                 paths[path][method].is_object(),
@@ -291,7 +284,7 @@ mod tests {
                 assert_eq!(key["schema"]["maxLength"], 64);
             }
         }
-        assert_eq!(operations, 8);
+        assert_eq!(operations, 9);
         assert!(paths["/v1/posts"]["post"]["responses"]["404"].is_object());
         assert!(paths["/v1/users"]["post"]["responses"]["409"].is_object());
         assert!(paths["/v1/posts/{post_id}"]["delete"]["responses"]["403"].is_object());

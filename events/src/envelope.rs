@@ -257,6 +257,10 @@ mod tests {
                 follower_id: a,
                 followee_id: b,
             }),
+            Event::NotificationsRead(NotificationsRead {
+                user_id: a,
+                up_to: b,
+            }),
         ]
     }
 

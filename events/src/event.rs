@@ -1,4 +1,4 @@
-//! The eight things that can happen in Chronicle, one payload type each.
+//! The things that can happen in Chronicle, one payload type each.
 //!
 //! Payloads carry the facts a projection needs, so projections stay free of logic: a like names
 //! the post and the user, a deletion names the author. Names are past tense: events record what
@@ -92,6 +92,15 @@ pub struct UserUnfollowed {
     pub followee_id: Uuid,
 }
 
+/// A user marked a notification and every older one (by id) read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationsRead {
+    /// The user whose notifications were read (the actor).
+    pub user_id: Uuid,
+    /// The newest notification read: it and every notification with a smaller id are read.
+    pub up_to: Uuid,
+}
+
 /// Any Chronicle event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -111,6 +120,8 @@ pub enum Event {
     UserFollowed(UserFollowed),
     /// See [`UserUnfollowed`].
     UserUnfollowed(UserUnfollowed),
+    /// See [`NotificationsRead`].
+    NotificationsRead(NotificationsRead),
 }
 
 /// The type of an event without its payload: its wire name and current schema version.
@@ -132,11 +143,13 @@ pub enum EventKind {
     UserFollowed,
     /// `UserUnfollowed`
     UserUnfollowed,
+    /// `NotificationsRead`
+    NotificationsRead,
 }
 
 impl EventKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::UserRegistered,
         EventKind::ProfileUpdated,
         EventKind::PostPublished,
@@ -145,6 +158,7 @@ impl EventKind {
         EventKind::PostUnliked,
         EventKind::UserFollowed,
         EventKind::UserUnfollowed,
+        EventKind::NotificationsRead,
     ];
 
     /// The name written in the envelope's `type` field and the `ce_type` header.
@@ -158,6 +172,7 @@ impl EventKind {
             EventKind::PostUnliked => "PostUnliked",
             EventKind::UserFollowed => "UserFollowed",
             EventKind::UserUnfollowed => "UserUnfollowed",
+            EventKind::NotificationsRead => "NotificationsRead",
         }
     }
 
@@ -189,6 +204,7 @@ impl Event {
             Event::PostUnliked(_) => EventKind::PostUnliked,
             Event::UserFollowed(_) => EventKind::UserFollowed,
             Event::UserUnfollowed(_) => EventKind::UserUnfollowed,
+            Event::NotificationsRead(_) => EventKind::NotificationsRead,
         }
     }
 
@@ -205,6 +221,7 @@ impl Event {
             Event::PostUnliked(e) => e.post_id,
             Event::UserFollowed(e) => e.follower_id,
             Event::UserUnfollowed(e) => e.follower_id,
+            Event::NotificationsRead(e) => e.user_id,
         }
     }
 
@@ -219,6 +236,7 @@ impl Event {
             Event::PostUnliked(e) => serde_json::to_value(e),
             Event::UserFollowed(e) => serde_json::to_value(e),
             Event::UserUnfollowed(e) => serde_json::to_value(e),
+            Event::NotificationsRead(e) => serde_json::to_value(e),
         };
         // Serialising these plain structs of strings and UUIDs into a `Value` cannot fail.
         value.unwrap_or(serde_json::Value::Null)
@@ -239,6 +257,7 @@ impl Event {
             EventKind::PostUnliked => Event::PostUnliked(from_value(data)?),
             EventKind::UserFollowed => Event::UserFollowed(from_value(data)?),
             EventKind::UserUnfollowed => Event::UserUnfollowed(from_value(data)?),
+            EventKind::NotificationsRead => Event::NotificationsRead(from_value(data)?),
         })
     }
 }

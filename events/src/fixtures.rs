@@ -35,6 +35,10 @@ pub const FIXTURES: &[(&str, &str)] = &[
         include_str!("../fixtures/v1/UserUnfollowed.json"),
     ),
     (
+        "v1/NotificationsRead.json",
+        include_str!("../fixtures/v1/NotificationsRead.json"),
+    ),
+    (
         "v2/PostPublished.json",
         include_str!("../fixtures/v2/PostPublished.json"),
     ),
@@ -94,7 +98,7 @@ mod tests {
 
     #[test]
     fn a_v2_post_keeps_its_parent() {
-        let (_, json) = FIXTURES[8];
+        let (_, json) = FIXTURES[9];
         let Event::PostPublished(post) =
             Envelope::from_json(json.as_bytes()).expect("decodes").event
         else {

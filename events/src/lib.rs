@@ -15,6 +15,6 @@ mod upcast;
 
 pub use envelope::{DecodeError, Envelope};
 pub use event::{
-    Event, EventKind, PostDeleted, PostLiked, PostPublished, PostUnliked, ProfileUpdated,
-    UserFollowed, UserRegistered, UserUnfollowed,
+    Event, EventKind, NotificationsRead, PostDeleted, PostLiked, PostPublished, PostUnliked,
+    ProfileUpdated, UserFollowed, UserRegistered, UserUnfollowed,
 };

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use utoipa::openapi::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 /// The reference page served at `/docs`: it loads `openapi.json` from next to itself.
 pub const DOCS_PAGE: &str = include_str!("docs.html");
@@ -33,4 +34,19 @@ pub fn check_copy(document: &OpenApi, path: &Path) -> Result<(), String> {
          --test openapi_docs` and commit the result",
         path.display()
     ))
+}
+
+/// Declares the `bearer` security scheme that operations with `security(("bearer" = []))` name:
+/// an `Authorization: Bearer <JWT>` header.
+pub fn add_bearer_scheme(openapi: &mut OpenApi) {
+    let components = openapi.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .build(),
+        ),
+    );
 }

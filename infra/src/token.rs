@@ -262,6 +262,17 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
+/// The public keys in `paths`, comma-separated PEM files (none when empty), as the variables
+/// that list keys take them.
+pub fn public_key_files(paths: &str) -> Result<Vec<PublicKey>, KeyError> {
+    paths
+        .split(',')
+        .map(str::trim)
+        .filter(|path| !path.is_empty())
+        .map(|path| PublicKey::from_file(&PathBuf::from(path)))
+        .collect()
+}
+
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, Problem> {
     let value = headers

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use deadpool_postgres::{Pool, Transaction};
 use uuid::Uuid;
 
-use crate::generation::{self, Target, q};
+use crate::generation::{self, Layout, PROJECTION_VERSION, Target, q};
 use crate::projection::{CounterDeltas, apply};
 
 /// One message taken from the log.
@@ -145,14 +145,24 @@ impl Partition<'_> {
         Ok(row.map_or(0, |row| row.get(0)))
     }
 
-    /// The generation this batch goes to. For the live projector, the active one, read with
-    /// `FOR SHARE` so that a switch of generations waits for this batch.
-    async fn generation(&self, tx: &Transaction<'_>) -> Result<String, BatchError> {
+    /// The generation this batch goes to and its layout. For the live projector, the active
+    /// one, read with `FOR SHARE` so that a switch of generations waits for this batch; a
+    /// building one is always of this code's layout (`rebuild` made it).
+    async fn generation(&self, tx: &Transaction<'_>) -> Result<(String, Layout), BatchError> {
         match self.target {
-            Target::Building(name) => Ok(name.clone()),
-            Target::Active => generation::active_held(tx).await?.ok_or_else(|| {
-                BatchError::Transient("no active generation: a switch is under way".into())
-            }),
+            Target::Building(name) => Ok((name.clone(), Layout::current())),
+            Target::Active => {
+                let (name, version) = generation::active_held(tx).await?.ok_or_else(|| {
+                    BatchError::Transient("no active generation: a switch is under way".into())
+                })?;
+                if version > PROJECTION_VERSION {
+                    return Err(BatchError::Transient(format!(
+                        "the active generation {name} was built by projection code v{version}, \
+                         newer than this projector's v{PROJECTION_VERSION}: upgrade this projector"
+                    )));
+                }
+                Ok((name, Layout::of(version)))
+            }
         }
     }
 
@@ -188,7 +198,7 @@ impl Partition<'_> {
         let next = last.offset + 1;
         let mut client = pool.get().await?;
         let mut tx = client.transaction().await?;
-        let generation = self.generation(&tx).await?;
+        let (generation, layout) = self.generation(&tx).await?;
         let schema = generation::schema_of(&generation);
         let fence = tx
             .prepare_cached(
@@ -241,7 +251,7 @@ impl Partition<'_> {
                     dead += 1;
                     continue;
                 }
-                match apply_once(&mut tx, &schema, envelope, &mut deltas).await {
+                match apply_once(&mut tx, &schema, layout, envelope, &mut deltas).await {
                     Ok(Once::Applied) => applied += 1,
                     Ok(Once::SeenBefore) => {
                         tracing::info!(event.id = %envelope.event_id, "skipping an event applied before");
@@ -271,7 +281,7 @@ impl Partition<'_> {
                     first
                 })
                 .collect();
-            apply(&tx, &schema, &fresh, &mut deltas).await?;
+            apply(&tx, &schema, layout, &fresh, &mut deltas).await?;
             applied = fresh.len();
         }
         // The notification goes out at commit, wherever it is sent in the transaction; sent
@@ -280,7 +290,7 @@ impl Partition<'_> {
         let note = notification_payload(&generation, self.topic, self.partition, next);
         let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
         tx.execute(&notify, &[&CHANNEL, &note]).await?;
-        deltas.write(&tx, &schema).await?;
+        deltas.write(&tx, &schema, layout).await?;
         tx.commit().await?;
         Ok(Outcome::Applied {
             next,
@@ -394,6 +404,7 @@ pub(crate) enum Once {
 pub(crate) async fn apply_once(
     tx: &mut Transaction<'_>,
     schema: &str,
+    layout: Layout,
     envelope: &Envelope,
     deltas: &mut CounterDeltas,
 ) -> Result<Once, tokio_postgres::Error> {
@@ -406,7 +417,7 @@ pub(crate) async fn apply_once(
         {
             return Ok(Once::SeenBefore);
         }
-        apply(&savepoint, schema, &[envelope], &mut own).await?;
+        apply(&savepoint, schema, layout, &[envelope], &mut own).await?;
         Ok(Once::Applied)
     }
     .await;

@@ -16,7 +16,50 @@ use deadpool_postgres::{GenericClient, Pool};
 /// The version of the projection code: what events make of the read models. Bump it when that
 /// changes; `rebuild` verifies a new generation against the active one only when both were
 /// built by the same version.
-pub const PROJECTION_VERSION: i32 = 1;
+///
+/// - 1: profiles, posts, likes, follows, replies and their counters.
+/// - 2: adds notifications (`sql/notifications.sql`).
+pub const PROJECTION_VERSION: i32 = 2;
+
+/// The tables a generation has, from the projection version that built it. A projector keeps
+/// applying events to an older active generation in that generation's own layout, so the read
+/// models it serves stay whole while `projector rebuild` fills a generation of the new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// Version 2 and later: `notifications` and `notification_reads`.
+    pub(crate) notifications: bool,
+}
+
+impl Layout {
+    /// The layout of a generation built by projection code `version`.
+    pub(crate) fn of(version: i32) -> Layout {
+        Layout {
+            notifications: version >= 2,
+        }
+    }
+
+    /// The layout this code builds.
+    pub(crate) fn current() -> Layout {
+        Layout::of(PROJECTION_VERSION)
+    }
+}
+
+/// The DDL each projection version adds to the one before, `{schema}` standing for the
+/// generation's schema.
+const ADDED_BY_VERSION: &[(i32, &str)] = &[
+    (1, include_str!("../sql/read_models.sql")),
+    (2, include_str!("../sql/notifications.sql")),
+];
+
+/// The DDL that takes a generation of version `from` (0: nothing yet) to [`PROJECTION_VERSION`].
+fn ddl_after(from: i32, schema: &str) -> String {
+    ADDED_BY_VERSION
+        .iter()
+        .filter(|(version, _)| *version > from)
+        .map(|(_, sql)| q(schema, sql).replace("{schema}", schema))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// The schema of generation `name`.
 pub fn schema_of(name: &str) -> String {
@@ -82,18 +125,85 @@ pub async fn active(client: &impl GenericClient) -> anyhow::Result<String> {
         .context("there is no active generation")
 }
 
-/// The active generation's name, held `FOR SHARE` until the transaction ends, so that no switch
-/// of generations happens meanwhile. `None` while a switch is committing.
+/// The active generation's name and the projection version that built it, held `FOR SHARE`
+/// until the transaction ends, so that no switch of generations happens meanwhile. `None` while
+/// a switch is committing.
 pub(crate) async fn active_held(
     client: &impl GenericClient,
-) -> Result<Option<String>, tokio_postgres::Error> {
+) -> Result<Option<(String, i32)>, tokio_postgres::Error> {
     let statement = client
-        .prepare_cached("SELECT name FROM projection.generations WHERE state = 'active' FOR SHARE")
+        .prepare_cached(
+            "SELECT name, code_version FROM projection.generations
+             WHERE state = 'active' FOR SHARE",
+        )
         .await?;
     Ok(client
         .query_opt(&statement, &[])
         .await?
-        .map(|row| row.get(0)))
+        .map(|row| (row.get(0), row.get(1))))
+}
+
+/// Brings an active generation that has never applied an event (a new database: migration 0005
+/// made g1 in the layout of version 1) to this code's layout in place. One that holds read
+/// models stays as it is, and reaches the new layout through `projector rebuild`.
+///
+/// It looks before it locks: a batch of a projector that died mid-transaction may hold the
+/// generation's row `FOR SHARE` until PostgreSQL notices, and a start-up must not wait for that.
+pub(crate) async fn upgrade_if_empty(pool: &Pool) -> anyhow::Result<()> {
+    let mut client = pool.get().await?;
+    let active = "SELECT name, code_version FROM projection.generations WHERE state = 'active'";
+    let Some(row) = client.query_opt(active, &[]).await? else {
+        return Ok(());
+    };
+    let (name, version): (String, i32) = (row.get(0), row.get(1));
+    if version >= PROJECTION_VERSION {
+        return Ok(());
+    }
+    let schema = schema_of(&name);
+    let used = format!(
+        "SELECT EXISTS (SELECT 1 FROM {schema}.applied_events)
+             OR EXISTS (SELECT 1 FROM projection.offsets WHERE generation = $1 AND next_offset > 0)"
+    );
+    if client.query_one(&used, &[&name]).await?.get(0) {
+        tracing::warn!(
+            generation = %name,
+            built_by = version,
+            current = PROJECTION_VERSION,
+            "the active generation was built by older projection code; it keeps serving in its \
+             own layout until `projector rebuild` builds one of the current version"
+        );
+        return Ok(());
+    }
+    let tx = client.transaction().await?;
+    // Only a new database gets here; should its generation's row be held, this start fails
+    // (and the next one tries again) rather than hang.
+    tx.batch_execute("SET LOCAL lock_timeout = '10s'").await?;
+    let row = tx
+        .query_opt(&format!("{active} AND name = $1 FOR UPDATE"), &[&name])
+        .await
+        .context("cannot lock the active generation to bring it up to date")?;
+    // Switched, upgraded or written to meanwhile by another process: nothing to do here.
+    if row.is_none_or(|row| row.get::<_, i32>(1) != version)
+        || tx.query_one(&used, &[&name]).await?.get(0)
+    {
+        return Ok(());
+    }
+    tx.batch_execute(&ddl_after(version, &schema))
+        .await
+        .with_context(|| format!("failed to bring the empty generation {name} up to date"))?;
+    tx.execute(
+        "UPDATE projection.generations SET code_version = $2 WHERE name = $1",
+        &[&name, &PROJECTION_VERSION],
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(
+        generation = %name,
+        from = version,
+        to = PROJECTION_VERSION,
+        "brought the empty generation up to date in place"
+    );
+    Ok(())
 }
 
 /// Creates a new, empty `building` generation and its schema; returns its name.
@@ -116,7 +226,7 @@ pub(crate) async fn create(pool: &Pool) -> anyhow::Result<String> {
     let schema = schema_of(&name);
     tx.batch_execute(&format!(
         "CREATE SCHEMA {schema};\n{}",
-        q(&schema, include_str!("../sql/read_models.sql")).replace("{schema}", &schema)
+        ddl_after(0, &schema)
     ))
     .await
     .with_context(|| format!("failed to create the tables of generation {name}"))?;
@@ -161,9 +271,15 @@ pub(crate) async fn analyze(pool: &Pool, target: &Target) -> anyhow::Result<()> 
         Target::Building(name) => name.clone(),
         Target::Active => active(&client).await?,
     };
+    let version: i32 = client
+        .query_one(
+            "SELECT code_version FROM projection.generations WHERE name = $1",
+            &[&name],
+        )
+        .await?
+        .get(0);
     let schema = schema_of(&name);
-    let tables = crate::verify::TABLES
-        .iter()
+    let tables = crate::verify::tables(Layout::of(version))
         .map(|(table, _, _)| format!("{schema}.{table}"))
         .collect::<Vec<_>>()
         .join(", ");

@@ -177,11 +177,18 @@ pub enum DeadLetterCommand {
     },
 }
 
+/// Migrates the schema (waiting at most `patience` for another process's migration), then
+/// brings a new database's empty generation up to this code's layout.
+async fn prepare(pool: &Pool, patience: Duration) -> anyhow::Result<()> {
+    migrate(pool, SCHEMA, MIGRATIONS, patience).await?;
+    generation::upgrade_if_empty(pool).await
+}
+
 impl Config {
     /// A pool for the operator's subcommands, with the schema migrated.
     pub async fn migrated_pool(&self) -> anyhow::Result<Pool> {
         let pool = self.database.pool()?;
-        migrate(&pool, SCHEMA, MIGRATIONS, Duration::from_secs(10)).await?;
+        prepare(&pool, Duration::from_secs(10)).await?;
         Ok(pool)
     }
 
@@ -305,7 +312,7 @@ impl Projector {
         let metrics = install_metrics()?;
         let pool = config.database.pool()?;
         chronicle_infra::db::report_pool_usage(&pool, "projector");
-        migrate(&pool, SCHEMA, MIGRATIONS, Duration::from_secs(30)).await?;
+        prepare(&pool, Duration::from_secs(30)).await?;
         config.kafka.ensure_topic(Duration::from_secs(60)).await?;
         let settings = config.consume_settings(config.group.clone(), generation::Target::Active);
         let consumer = consumer::subscribe(&config.kafka, &settings, pool.clone())?;

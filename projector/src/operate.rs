@@ -269,9 +269,17 @@ async fn decide(pool: &Pool, topic: &str, id: i64, decision: Decision) -> anyhow
     let mut client = pool.get().await.context("cannot reach the database")?;
     let mut tx = client.transaction().await?;
     // Holding the active generation (FOR SHARE) keeps a switch from happening meanwhile.
-    let active = generation::active_held(&tx)
+    let (active, version) = generation::active_held(&tx)
         .await?
         .context("there is no active generation")?;
+    if version > generation::PROJECTION_VERSION {
+        bail!(
+            "the active generation {active} was built by projection code v{version}, newer than \
+             this projector's v{}: use the projector that built it",
+            generation::PROJECTION_VERSION
+        );
+    }
+    let layout = generation::Layout::of(version);
     let schema = generation::schema_of(&active);
     let Some(row) = tx
         .query_opt(
@@ -332,7 +340,7 @@ async fn decide(pool: &Pool, topic: &str, id: i64, decision: Decision) -> anyhow
                 let envelope = head
                     .decode()
                     .with_context(|| format!("dead letter #{id} still cannot be decoded"))?;
-                let once = apply_once(&mut tx, &schema, &envelope, &mut deltas)
+                let once = apply_once(&mut tx, &schema, layout, &envelope, &mut deltas)
                     .await
                     .with_context(|| format!("dead letter #{id} still cannot be applied"))?;
                 resolve(&tx, head.id, "retried").await?;
@@ -347,7 +355,7 @@ async fn decide(pool: &Pool, topic: &str, id: i64, decision: Decision) -> anyhow
     }
     for held in queue {
         let applied = match held.decode() {
-            Ok(envelope) => apply_once(&mut tx, &schema, &envelope, &mut deltas)
+            Ok(envelope) => apply_once(&mut tx, &schema, layout, &envelope, &mut deltas)
                 .await
                 .map(|once| {
                     format!(
@@ -379,7 +387,7 @@ async fn decide(pool: &Pool, topic: &str, id: i64, decision: Decision) -> anyhow
             }
         }
     }
-    deltas.write(&tx, &schema).await?;
+    deltas.write(&tx, &schema, layout).await?;
     // Readers waiting on this partition re-check; the stored offset itself did not move.
     let stored: i64 = tx
         .query_opt(

@@ -9,11 +9,33 @@ use std::fmt;
 
 use deadpool_postgres::GenericClient;
 
-use crate::generation::schema_of;
+use crate::generation::{Layout, schema_of};
 
-/// Every read-model table of a generation, with what is compared of it: its columns, and
-/// which rows.
-pub(crate) const TABLES: &[(&str, &str, &str)] = &[
+/// A read-model table, with what is compared of it: its columns, and which rows.
+type Table = (&'static str, &'static str, &'static str);
+
+/// The read-model tables of a generation of `layout`.
+pub(crate) fn tables(layout: Layout) -> impl Iterator<Item = &'static Table> {
+    let notifications: &[Table] = if layout.notifications {
+        NOTIFICATION_TABLES
+    } else {
+        &[]
+    };
+    TABLES.iter().chain(notifications)
+}
+
+/// The tables of projection version 2.
+const NOTIFICATION_TABLES: &[Table] = &[
+    (
+        "notifications",
+        "notification_id, recipient_id, kind, actor_id, post_id, created_at",
+        "true",
+    ),
+    ("notification_reads", "user_id, up_to", "true"),
+];
+
+/// The tables every generation has.
+const TABLES: &[Table] = &[
     (
         "users",
         "user_id, handle, display_name, bio, joined_at",
@@ -93,20 +115,29 @@ impl fmt::Display for Comparison {
 
 /// Compares generations `a` and `b` (as `client` sees them; the caller makes sure they are at
 /// the same offsets there, and that what it sees does not move: one snapshot). Symmetric:
-/// `(b, a)` finds the same differences, sides swapped.
+/// `(b, a)` finds the same differences, sides swapped. The tables compared are those both
+/// generations have.
 pub async fn compare(
     client: &impl GenericClient,
     a: &str,
     b: &str,
 ) -> Result<Comparison, tokio_postgres::Error> {
-    let mut tables = Vec::with_capacity(TABLES.len());
-    for (table, columns, filter) in TABLES {
+    let version: Option<i32> = client
+        .query_one(
+            "SELECT min(code_version) FROM projection.generations WHERE name IN ($1, $2)",
+            &[&a, &b],
+        )
+        .await?
+        .get(0);
+    let specs: Vec<&Table> = tables(Layout::of(version.unwrap_or(1))).collect();
+    let mut tables = Vec::with_capacity(specs.len());
+    for (table, columns, filter) in &specs {
         let x = checksum(client, &schema_of(a), table, columns, filter).await?;
         let y = checksum(client, &schema_of(b), table, columns, filter).await?;
         tables.push((x, y));
     }
     let mut first_difference = None;
-    if let Some((table, columns, filter)) = TABLES
+    if let Some((table, columns, filter)) = specs
         .iter()
         .zip(&tables)
         .find(|(_, (x, y))| x != y)

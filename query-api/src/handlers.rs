@@ -23,7 +23,7 @@ const MAX_LIMIT: i64 = 100;
 
 type Answer<T> = Result<Json<T>, Problem>;
 
-fn timestamp(at: DateTime<Utc>) -> String {
+pub(crate) fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
@@ -47,9 +47,9 @@ pub(crate) struct Profile {
 /// Who a user is, in short.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct UserSummary {
-    user_id: Uuid,
-    handle: String,
-    display_name: String,
+    pub(crate) user_id: Uuid,
+    pub(crate) handle: String,
+    pub(crate) display_name: String,
 }
 
 /// A post with its author.
@@ -101,17 +101,17 @@ pub(crate) struct Paging {
 
 /// One request's read: its parameters and the generation of read models it reads, taken once
 /// so that a request never mixes generations.
-struct Read<'a> {
+pub(crate) struct Read<'a> {
     app: &'a AppState,
     schema: String,
-    limit: i64,
-    cursor: Cursor,
+    pub(crate) limit: i64,
+    pub(crate) cursor: Cursor,
 }
 
 impl AppState {
     /// Parses `limit`, `cursor` and `min_position`, waits for the positions, and picks the
     /// active generation.
-    async fn read(&self, query: Option<String>) -> Result<Read<'_>, Problem> {
+    pub(crate) async fn read(&self, query: Option<String>) -> Result<Read<'_>, Problem> {
         let pairs = query_pairs(query.as_deref())?;
         let positions = min_positions(&pairs)?;
         let mut params = Read {
@@ -159,7 +159,21 @@ fn storable(cursor: Cursor) -> Result<Cursor, Problem> {
 
 impl Read<'_> {
     /// Runs `sql`, whose tables are named `{s}.<table>`, against this read's generation.
-    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Problem> {
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Problem> {
+        Ok(self.query_raw(sql, params).await?)
+    }
+
+    /// Like [`Read::query`], with the database's error as it is (for a caller that tells some
+    /// apart).
+    pub(crate) async fn query_raw(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, QueryError> {
         let client = self.app.pool.get().await?;
         let statement = client
             .prepare_cached(&sql.replace("{s}", &self.schema))
@@ -187,6 +201,36 @@ impl Read<'_> {
     }
 }
 
+/// Why a read's statement failed.
+#[derive(Debug)]
+pub(crate) enum QueryError {
+    /// No connection to be had.
+    Pool(deadpool_postgres::PoolError),
+    /// The statement failed.
+    Db(tokio_postgres::Error),
+}
+
+impl From<deadpool_postgres::PoolError> for QueryError {
+    fn from(err: deadpool_postgres::PoolError) -> QueryError {
+        QueryError::Pool(err)
+    }
+}
+
+impl From<tokio_postgres::Error> for QueryError {
+    fn from(err: tokio_postgres::Error) -> QueryError {
+        QueryError::Db(err)
+    }
+}
+
+impl From<QueryError> for Problem {
+    fn from(err: QueryError) -> Problem {
+        match err {
+            QueryError::Pool(err) => err.into(),
+            QueryError::Db(err) => err.into(),
+        }
+    }
+}
+
 /// 404 `user_not_found`.
 fn user_not_found() -> Problem {
     Problem::not_found("user_not_found", "no such user").titled("No such user")
@@ -198,7 +242,7 @@ fn post_not_found() -> Problem {
 }
 
 /// Turns `limit + 1` rows into a page: the extra row only says there is a next page.
-fn page<T: ToSchema>(
+pub(crate) fn page<T: ToSchema>(
     rows: Vec<Row>,
     limit: i64,
     key: impl Fn(&Row) -> Cursor,

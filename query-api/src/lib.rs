@@ -1,4 +1,4 @@
-//! The query API: serves profiles and feeds from the read models.
+//! The query API: serves profiles, feeds and a user's notifications from the read models.
 //!
 //! It never writes: its database sessions are read-only (`default_transaction_read_only`), and it
 //! talks to no broker. Reads never wait, unless the client asks for `min_position`; then the
@@ -7,6 +7,7 @@
 
 mod cursor;
 mod handlers;
+mod notifications;
 mod openapi;
 
 pub use openapi::document as openapi_document;
@@ -23,6 +24,7 @@ use chronicle_infra::http::{Server, install_metrics, with_common_layers};
 use chronicle_infra::limit::{LimitArgs, limit_requests};
 use chronicle_infra::progress::Progress;
 use chronicle_infra::telemetry::LogFormat;
+use chronicle_infra::token::{self, PublicKey, Verifier};
 use deadpool_postgres::Pool;
 
 /// Configuration of the query API, from the environment (or flags).
@@ -54,6 +56,13 @@ pub struct Config {
         default_value_t = 2000
     )]
     pub consistency_wait_ms: u64,
+    /// `CHRONICLE_TOKEN_VERIFY_KEY_FILES`: comma-separated PEM files of the Ed25519 public keys
+    /// whose tokens private reads accept: the command API's signing key's (`openssl pkey -in
+    /// <private.pem> -pubout`) and those of retired keys whose tokens are still in use
+    /// (required). The query API holds no private key, so it cannot make a token.
+    #[arg(long = "token-verify-key-files", env = "CHRONICLE_TOKEN_VERIFY_KEY_FILES",
+          value_parser = verify_key_files)]
+    pub token_verify_keys: VerifyKeys,
     /// `CHRONICLE_LOG_FORMAT`: `text` (default) or `json`.
     #[arg(
         long = "log-format",
@@ -70,6 +79,18 @@ pub struct Config {
     pub limits: LimitArgs,
 }
 
+/// The public keys of `CHRONICLE_TOKEN_VERIFY_KEY_FILES`, at least one.
+#[derive(Debug, Clone)]
+pub struct VerifyKeys(Vec<PublicKey>);
+
+fn verify_key_files(paths: &str) -> Result<VerifyKeys, String> {
+    let keys = token::public_key_files(paths).map_err(|err| err.to_string())?;
+    if keys.is_empty() {
+        return Err("name at least one public key file".to_owned());
+    }
+    Ok(VerifyKeys(keys))
+}
+
 #[derive(Clone)]
 pub(crate) struct AppState(Arc<Shared>);
 
@@ -77,6 +98,7 @@ pub(crate) struct Shared {
     pool: Pool,
     progress: Progress,
     consistency_wait: Duration,
+    tokens: Verifier,
 }
 
 impl std::ops::Deref for AppState {
@@ -112,6 +134,8 @@ impl Application {
             pool,
             progress,
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
+            // No HS256 secret: whoever holds it can make tokens, which this service must not.
+            tokens: Verifier::new(&config.token_verify_keys.0, None),
         }));
         let server = Server::bind("query-api", config.addr).await?;
         let router = limit_requests(router(state), &config.limits);
@@ -148,5 +172,10 @@ fn router(state: AppState) -> Router {
         .route("/v1/feed", get(global_feed))
         .route("/v1/posts/{post_id}", get(post))
         .route("/v1/posts/{post_id}/likes", get(likes))
+        .route("/v1/me/notifications", get(notifications::list))
+        .route(
+            "/v1/me/notifications/unread-count",
+            get(notifications::unread_count),
+        )
         .with_state(state)
 }

@@ -6,15 +6,16 @@ use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, T
 use utoipa::openapi::{RefOr, Required};
 use utoipa::{Modify, OpenApi};
 
-use crate::handlers;
+use crate::{handlers, notifications};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Chronicle query API",
         version = "1",
-        description = "Profiles and feeds from Chronicle's read models. Reads never wait unless \
-                       given `min_position`; lists are keyset-paginated, newest first."
+        description = "Profiles, feeds and the caller's notifications from Chronicle's read \
+                       models. Reads never wait unless given `min_position`; lists are \
+                       keyset-paginated, newest first."
     ),
     paths(
         handlers::profile,
@@ -26,15 +27,27 @@ use crate::handlers;
         handlers::global_feed,
         handlers::post,
         handlers::likes,
+        notifications::list,
+        notifications::unread_count,
     ),
     components(schemas(ProblemBody)),
-    modifiers(&SharedProblems, &Constraints),
+    modifiers(&BearerAuth, &SharedProblems, &Constraints),
     tags(
         (name = "users", description = "Profiles and follow lists"),
         (name = "posts", description = "Posts, feeds and likes"),
+        (name = "notifications", description = "The caller's notifications (bearer token)"),
     )
 )]
 struct ApiDoc;
+
+/// Private reads take the bearer tokens the command API issues.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        chronicle_infra::apidoc::add_bearer_scheme(openapi);
+    }
+}
 
 /// The problems every route can answer because of the layers all routes share (the rate limit
 /// per address, the request timeout, the body limit).
@@ -116,7 +129,7 @@ mod tests {
                 .is_some_and(|v| v.starts_with("3.1"))
         );
         let paths = json["paths"].as_object().expect("paths");
-        assert_eq!(paths.len(), 9, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 11, "{:?}", paths.keys().collect::<Vec<_>>());
         for path in paths.values() {
             assert!(path["get"].is_object());
         }
@@ -130,6 +143,9 @@ mod tests {
             let mut statuses = vec!["200", "400", "408", "413", "429", "500", "503"];
             if path.contains('{') {
                 statuses.push("404");
+            }
+            if path.starts_with("/v1/me/") {
+                statuses.push("401");
             }
             for status in statuses {
                 assert!(
@@ -145,7 +161,12 @@ mod tests {
             }
         }
         let schemas = &json["components"]["schemas"];
-        for page in ["Page_Post", "Page_UserSummary", "Page_Like"] {
+        for page in [
+            "Page_Post",
+            "Page_UserSummary",
+            "Page_Like",
+            "Page_Notification",
+        ] {
             let required = schemas[page]["required"].as_array().expect("required");
             assert!(required.contains(&"next_cursor".into()), "{page}");
         }

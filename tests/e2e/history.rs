@@ -71,6 +71,7 @@ const FIXTURES: &[&str] = &[
     include_str!("../../events/fixtures/v1/UserUnfollowed.json"),
     include_str!("../../events/fixtures/v2/PostPublished.json"),
     include_str!("../../events/fixtures/v1/PostDeleted.json"),
+    include_str!("../../events/fixtures/v1/NotificationsRead.json"),
 ];
 
 #[tokio::test(flavor = "multi_thread")]

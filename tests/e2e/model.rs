@@ -15,6 +15,9 @@ use serde_json::Value;
 
 use crate::harness::{MAX_LIMIT, NO_POSITIONS, TestApp, assert_newest_first, post_ids, user_ids};
 
+/// A notification as the model predicts it: its kind, its actor and its post (if any).
+pub(crate) type Notified = (String, String, Option<String>);
+
 /// A command the API acknowledged, as the model needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -282,6 +285,27 @@ impl Model {
             .map(|s| &s.likers)
     }
 
+    /// The notifications `user` holds: (kind, actor, post) for each like of their live posts by
+    /// someone else and each follow of them. (The model has no replies.)
+    pub(crate) fn notifications(&self, user: &str) -> BTreeSet<Notified> {
+        let liked = self
+            .live()
+            .filter(|(_, state)| state.author == user)
+            .flat_map(|(post, state)| {
+                state
+                    .likers
+                    .iter()
+                    .filter(|liker| *liker != user)
+                    .map(|liker| ("liked".to_owned(), liker.clone(), Some(post.clone())))
+            });
+        let followed = self
+            .follows
+            .iter()
+            .filter(|(_, followee)| followee == user)
+            .map(|(follower, _)| ("followed".to_owned(), follower.clone(), None));
+        liked.chain(followed).collect()
+    }
+
     /// The followers of `user`.
     pub(crate) fn followers(&self, user: &str) -> BTreeSet<String> {
         self.follows
@@ -497,6 +521,8 @@ async fn check_user(app: &TestApp, model: &Model, checks: Checks, user: &str) ->
         found.extend(diff(&what, &expected, &shown));
     }
 
+    check_notifications(app, model, checks, user, &mut found).await;
+
     let what = format!("timeline of {user}");
     let timeline = app
         .collect_pages_with(&format!("/v1/users/{user}/timeline"), page, NO_POSITIONS)
@@ -518,6 +544,69 @@ async fn check_user(app: &TestApp, model: &Model, checks: Checks, user: &str) ->
         found.extend(diff(&what, &model.timeline(user), &shown));
     }
     found
+}
+
+/// Compares `user`'s notifications and unread count (nothing is marked read in the model) with
+/// the model, reading them with a token the test signs for `user`.
+async fn check_notifications(
+    app: &TestApp,
+    model: &Model,
+    checks: Checks,
+    user: &str,
+    found: &mut Vec<String>,
+) {
+    let token = app.token_for(user);
+    let what = format!("notifications of {user}");
+    let items = app
+        .collect_private_pages("/v1/me/notifications", &token, checks.page_size)
+        .await;
+    let ours: HashSet<&str> = model.users().iter().map(String::as_str).collect();
+    let mut shown = Vec::new();
+    for item in &items {
+        let actor = item.pointer("/actor/user_id").and_then(Value::as_str);
+        if checks.shared_app && !actor.is_some_and(|actor| ours.contains(actor)) {
+            continue;
+        }
+        check_summary(model, &item["actor"], &what, found);
+        if item["read"] != Value::Bool(false) {
+            found.push(format!("{what}: nothing was marked read, yet {item}"));
+        }
+        shown.push((
+            item["kind"].as_str().unwrap_or_default().to_owned(),
+            actor.unwrap_or_default().to_owned(),
+            item["post_id"].as_str().map(str::to_owned),
+        ));
+    }
+    let ids: Vec<&str> = items
+        .iter()
+        .filter_map(|item| item["notification_id"].as_str())
+        .collect();
+    if ids.windows(2).any(|pair| pair[0] <= pair[1]) {
+        found.push(format!("{what}: not newest first, or repeated: {ids:?}"));
+    }
+    let count = shown.len();
+    let shown: BTreeSet<Notified> = shown.into_iter().collect();
+    if shown.len() != count {
+        found.push(format!("{what}: {} duplicates", count - shown.len()));
+    }
+    let expected = model.notifications(user);
+    if shown != expected {
+        found.push(format!("{what}: expected {expected:?}, got {shown:?}"));
+    }
+    if !checks.shared_app {
+        let unread = app
+            .send(
+                app.query("/v1/me/notifications/unread-count")
+                    .bearer_auth(&token),
+            )
+            .await;
+        if unread.status != 200 || unread.body["count"] != expected.len() {
+            found.push(format!(
+                "unread count of {user}: expected {}, got {unread}",
+                expected.len()
+            ));
+        }
+    }
 }
 
 /// Compares a post (deleted ones are gone; live ones have the right like count and likes list).

@@ -7,8 +7,8 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Error;
 use uuid::Uuid;
 
-use super::write_post_deltas;
-use crate::generation::q;
+use super::{notify, write_post_deltas};
+use crate::generation::{Layout, q};
 
 /// One user's counter changes: post_count, follower_count, following_count, likes_received,
 /// likes_given.
@@ -28,6 +28,10 @@ pub(crate) struct CounterDeltas {
     /// Like counts of posts: a popular post is liked many times in one batch, and one update
     /// per batch instead of one per like keeps its row from becoming the bottleneck.
     likes: BTreeMap<Uuid, i64>,
+    /// Posts published and deleted by the batch, whose reply notifications are settled after
+    /// the counters (see [`super::notify`]).
+    published: Vec<Uuid>,
+    deleted: Vec<Uuid>,
 }
 
 impl CounterDeltas {
@@ -41,6 +45,14 @@ impl CounterDeltas {
 
     pub(super) fn add_like(&mut self, post: Uuid, by: i64) {
         *self.likes.entry(post).or_default() += by;
+    }
+
+    pub(super) fn published(&mut self, post: Uuid) {
+        self.published.push(post);
+    }
+
+    pub(super) fn deleted(&mut self, post: Uuid) {
+        self.deleted.push(post);
     }
 
     /// Adds `other`'s changes to these.
@@ -57,6 +69,8 @@ impl CounterDeltas {
         for (post, by) in other.likes {
             self.add_like(post, by);
         }
+        self.published.extend(other.published);
+        self.deleted.extend(other.deleted);
     }
 
     /// Writes the changes. Like counts first: they live on the post's row, which only this
@@ -64,27 +78,50 @@ impl CounterDeltas {
     /// counters that batches of other partitions also move, users then reply counts, each in
     /// ascending id, so that concurrent batches take those row locks in one global order (no
     /// deadlock) and as late as possible: each is held until the commit that follows.
-    pub(crate) async fn write(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
+    ///
+    /// With notifications (`layout`), every post published or deleted by the batch also takes
+    /// its own `post_counters` row (a change of 0), and the reply notifications are settled
+    /// after that: the rows are where two batches that publish a reply and its parent meet.
+    pub(crate) async fn write(
+        &self,
+        tx: &Transaction<'_>,
+        schema: &str,
+        layout: Layout,
+    ) -> Result<(), Error> {
         write_post_deltas(
             tx,
             schema,
             &self.likes,
+            false,
             "UPDATE {s}.posts p SET like_count = p.like_count + d.by
              FROM unnest($1::uuid[], $2::int8[]) AS d(post_id, by)
              WHERE p.post_id = d.post_id AND p.deleted_at IS NULL",
         )
         .await?;
         self.write_users(tx, schema).await?;
+        let settle =
+            layout.notifications && !(self.published.is_empty() && self.deleted.is_empty());
+        let mut replies = self.replies.clone();
+        if settle {
+            for post in self.published.iter().chain(&self.deleted) {
+                replies.entry(*post).or_default();
+            }
+        }
         // Replies: the parent is in another partition, and may not even be applied yet.
         write_post_deltas(
             tx,
             schema,
-            &self.replies,
+            &replies,
+            settle,
             "INSERT INTO {s}.post_counters AS c (post_id, reply_count)
              SELECT * FROM unnest($1::uuid[], $2::int8[]) ORDER BY 1
              ON CONFLICT (post_id) DO UPDATE SET reply_count = c.reply_count + EXCLUDED.reply_count",
         )
-        .await
+        .await?;
+        if settle {
+            notify::settle_replies(tx, schema, &self.published, &self.deleted).await?;
+        }
+        Ok(())
     }
 
     async fn write_users(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {

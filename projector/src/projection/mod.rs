@@ -17,10 +17,12 @@
 //! `occurred_at` (`joined_at`), then the lowest `user_id`. That rule depends only on the events,
 //! not on the order in which their partitions are applied, so every generation agrees.
 //!
-//! The parts: [`plan`] cuts a batch into steps, [`step`] holds each event type's SQL, and
-//! [`counters`] the counter changes a batch collects.
+//! The parts: [`plan`] cuts a batch into steps, [`step`] holds each event type's SQL,
+//! [`counters`] the counter changes a batch collects, and [`notify`] the notifications
+//! (projection version 2; a generation of version 1 has none, see [`Layout`]).
 
 mod counters;
+mod notify;
 mod plan;
 mod step;
 
@@ -32,7 +34,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Row};
 use uuid::Uuid;
 
-use crate::generation::q;
+use crate::generation::{Layout, q};
 
 pub(crate) use counters::CounterDeltas;
 
@@ -46,11 +48,12 @@ pub(crate) use counters::CounterDeltas;
 pub(crate) async fn apply(
     tx: &Transaction<'_>,
     schema: &str,
+    layout: Layout,
     events: &[&Envelope],
     deltas: &mut CounterDeltas,
 ) -> Result<(), Error> {
     for step in plan::plan(events) {
-        step.apply(tx, schema, deltas).await?;
+        step.apply(tx, schema, layout, deltas).await?;
     }
     Ok(())
 }
@@ -78,16 +81,18 @@ pub(super) async fn query(
     tx.query(&statement, params).await
 }
 
-/// Runs `sql` with the non-zero `deltas` as `$1` (post ids, ascending) and `$2` (changes).
+/// Runs `sql` with the `deltas` as `$1` (post ids, ascending) and `$2` (changes), those of 0
+/// only when `with_zeros`.
 pub(super) async fn write_post_deltas(
     tx: &Transaction<'_>,
     schema: &str,
     deltas: &BTreeMap<Uuid, i64>,
+    with_zeros: bool,
     sql: &str,
 ) -> Result<(), Error> {
     let (posts, by): (Vec<Uuid>, Vec<i64>) = deltas
         .iter()
-        .filter(|(_, by)| **by != 0)
+        .filter(|(_, by)| with_zeros || **by != 0)
         .map(|(post, by)| (*post, *by))
         .unzip();
     if posts.is_empty() {

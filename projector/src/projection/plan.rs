@@ -18,6 +18,8 @@ enum Resource {
     Like(Uuid, Uuid),
     /// One follow edge.
     Follow(Uuid, Uuid),
+    /// How far a user has read their notifications.
+    Reads(Uuid),
 }
 
 /// What applying an event reads and writes. Counters are not rows here: they move by deltas,
@@ -48,6 +50,7 @@ fn touches(event: &Event) -> Touches {
         },
         Event::UserFollowed(e) => write(Resource::Follow(e.follower_id, e.followee_id)),
         Event::UserUnfollowed(e) => write(Resource::Follow(e.follower_id, e.followee_id)),
+        Event::NotificationsRead(e) => write(Resource::Reads(e.user_id)),
     }
 }
 

@@ -2,8 +2,8 @@
 //! statement per event type.
 
 use chronicle_events::{
-    Envelope, Event, PostDeleted, PostLiked, PostPublished, PostUnliked, ProfileUpdated,
-    UserFollowed, UserRegistered, UserUnfollowed,
+    Envelope, Event, NotificationsRead, PostDeleted, PostLiked, PostPublished, PostUnliked,
+    ProfileUpdated, UserFollowed, UserRegistered, UserUnfollowed,
 };
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
@@ -11,7 +11,8 @@ use tokio_postgres::Error;
 use uuid::Uuid;
 
 use super::counters::{CounterDeltas, FOLLOWERS, FOLLOWING, LIKES_GIVEN, LIKES_RECEIVED, POSTS};
-use super::{execute, query};
+use super::{execute, notify, query};
+use crate::generation::Layout;
 
 /// Events that touch pairwise different rows, by type.
 #[derive(Default)]
@@ -20,24 +21,26 @@ pub(super) struct Step<'a> {
     profiles: Vec<&'a ProfileUpdated>,
     published: Vec<(&'a PostPublished, DateTime<Utc>)>,
     deleted: Vec<(&'a PostDeleted, DateTime<Utc>)>,
-    liked: Vec<(&'a PostLiked, DateTime<Utc>)>,
+    liked: Vec<(&'a PostLiked, DateTime<Utc>, Uuid)>,
     unliked: Vec<&'a PostUnliked>,
-    followed: Vec<(&'a UserFollowed, DateTime<Utc>)>,
+    followed: Vec<(&'a UserFollowed, DateTime<Utc>, Uuid)>,
     unfollowed: Vec<&'a UserUnfollowed>,
+    read: Vec<&'a NotificationsRead>,
 }
 
 impl<'a> Step<'a> {
     pub(super) fn push(&mut self, envelope: &'a Envelope) {
-        let at = envelope.occurred_at;
+        let (at, id) = (envelope.occurred_at, envelope.event_id);
         match &envelope.event {
             Event::UserRegistered(e) => self.registered.push((e, at)),
             Event::ProfileUpdated(e) => self.profiles.push(e),
             Event::PostPublished(e) => self.published.push((e, at)),
             Event::PostDeleted(e) => self.deleted.push((e, at)),
-            Event::PostLiked(e) => self.liked.push((e, at)),
+            Event::PostLiked(e) => self.liked.push((e, at, id)),
             Event::PostUnliked(e) => self.unliked.push(e),
-            Event::UserFollowed(e) => self.followed.push((e, at)),
+            Event::UserFollowed(e) => self.followed.push((e, at, id)),
             Event::UserUnfollowed(e) => self.unfollowed.push(e),
+            Event::NotificationsRead(e) => self.read.push(e),
         }
     }
 
@@ -45,6 +48,7 @@ impl<'a> Step<'a> {
         &self,
         tx: &Transaction<'_>,
         schema: &str,
+        layout: Layout,
         deltas: &mut CounterDeltas,
     ) -> Result<(), Error> {
         if !self.registered.is_empty() {
@@ -57,19 +61,22 @@ impl<'a> Step<'a> {
             self.publish(tx, schema, deltas).await?;
         }
         if !self.deleted.is_empty() {
-            self.delete(tx, schema, deltas).await?;
+            self.delete(tx, schema, layout, deltas).await?;
         }
         if !self.liked.is_empty() {
-            self.like(tx, schema, deltas).await?;
+            self.like(tx, schema, layout, deltas).await?;
         }
         if !self.unliked.is_empty() {
-            self.unlike(tx, schema, deltas).await?;
+            self.unlike(tx, schema, layout, deltas).await?;
         }
         if !self.followed.is_empty() {
-            self.follow(tx, schema, deltas).await?;
+            self.follow(tx, schema, layout, deltas).await?;
         }
         if !self.unfollowed.is_empty() {
-            self.unfollow(tx, schema, deltas).await?;
+            self.unfollow(tx, schema, layout, deltas).await?;
+        }
+        if !self.read.is_empty() && layout.notifications {
+            notify::mark_read(tx, schema, &self.read).await?;
         }
         Ok(())
     }
@@ -113,6 +120,8 @@ impl<'a> Step<'a> {
         .await
     }
 
+    /// Publishes posts. Their reply notifications are settled after the counters
+    /// ([`super::notify::settle_replies`]).
     async fn publish(
         &self,
         tx: &Transaction<'_>,
@@ -131,7 +140,7 @@ impl<'a> Step<'a> {
             "INSERT INTO {s}.posts (post_id, author_id, body, published_at, reply_to)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::uuid[])
              ON CONFLICT (post_id) DO NOTHING
-             RETURNING author_id, reply_to",
+             RETURNING author_id, reply_to, post_id",
             &[&posts, &authors, &bodies, &at, &parents],
         )
         .await?;
@@ -140,6 +149,7 @@ impl<'a> Step<'a> {
             if let Some(parent) = row.get::<_, Option<Uuid>>(1) {
                 deltas.add_reply(parent, 1);
             }
+            deltas.published(row.get(2));
         }
         Ok(())
     }
@@ -150,6 +160,7 @@ impl<'a> Step<'a> {
         &self,
         tx: &Transaction<'_>,
         schema: &str,
+        layout: Layout,
         deltas: &mut CounterDeltas,
     ) -> Result<(), Error> {
         let events = &self.deleted;
@@ -168,9 +179,9 @@ impl<'a> Step<'a> {
                  WHERE l.post_id = deleted.post_id
                  RETURNING deleted.author_id, l.user_id
              )
-             SELECT author_id, reply_to, NULL::uuid AS liker FROM deleted
+             SELECT author_id, reply_to, NULL::uuid AS liker, post_id FROM deleted
              UNION ALL
-             SELECT author_id, NULL, user_id FROM unliked",
+             SELECT author_id, NULL, user_id, NULL FROM unliked",
             &[&posts, &at],
         )
         .await?;
@@ -186,8 +197,12 @@ impl<'a> Step<'a> {
                     if let Some(parent) = row.get::<_, Option<Uuid>>(1) {
                         deltas.add_reply(parent, -1);
                     }
+                    deltas.deleted(row.get(3));
                 }
             }
+        }
+        if layout.notifications {
+            notify::withdraw_likes_of_posts(tx, schema, &posts).await?;
         }
         Ok(())
     }
@@ -197,12 +212,13 @@ impl<'a> Step<'a> {
         &self,
         tx: &Transaction<'_>,
         schema: &str,
+        layout: Layout,
         deltas: &mut CounterDeltas,
     ) -> Result<(), Error> {
         let events = &self.liked;
-        let posts: Vec<Uuid> = events.iter().map(|(e, _)| e.post_id).collect();
-        let users: Vec<Uuid> = events.iter().map(|(e, _)| e.user_id).collect();
-        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at)| *at).collect();
+        let posts: Vec<Uuid> = events.iter().map(|(e, _, _)| e.post_id).collect();
+        let users: Vec<Uuid> = events.iter().map(|(e, _, _)| e.user_id).collect();
+        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at, _)| *at).collect();
         let rows = query(
             tx,
             schema,
@@ -219,10 +235,16 @@ impl<'a> Step<'a> {
             &[&posts, &users, &at],
         )
         .await?;
-        for row in rows {
-            deltas.add_like(row.get(0), 1);
-            deltas.add(row.get(1), LIKES_GIVEN, 1);
-            deltas.add(row.get(2), LIKES_RECEIVED, 1);
+        let mut new = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (post, liker, author): (Uuid, Uuid, Uuid) = (row.get(0), row.get(1), row.get(2));
+            deltas.add_like(post, 1);
+            deltas.add(liker, LIKES_GIVEN, 1);
+            deltas.add(author, LIKES_RECEIVED, 1);
+            new.push((post, liker, author));
+        }
+        if layout.notifications {
+            notify::liked(tx, schema, events, &new).await?;
         }
         Ok(())
     }
@@ -231,6 +253,7 @@ impl<'a> Step<'a> {
         &self,
         tx: &Transaction<'_>,
         schema: &str,
+        layout: Layout,
         deltas: &mut CounterDeltas,
     ) -> Result<(), Error> {
         let events = &self.unliked;
@@ -255,6 +278,9 @@ impl<'a> Step<'a> {
             deltas.add(row.get(1), LIKES_GIVEN, -1);
             deltas.add(row.get(2), LIKES_RECEIVED, -1);
         }
+        if layout.notifications {
+            notify::withdraw_likes(tx, schema, &posts, &users).await?;
+        }
         Ok(())
     }
 
@@ -262,12 +288,13 @@ impl<'a> Step<'a> {
         &self,
         tx: &Transaction<'_>,
         schema: &str,
+        layout: Layout,
         deltas: &mut CounterDeltas,
     ) -> Result<(), Error> {
         let events = &self.followed;
-        let followers: Vec<Uuid> = events.iter().map(|(e, _)| e.follower_id).collect();
-        let followees: Vec<Uuid> = events.iter().map(|(e, _)| e.followee_id).collect();
-        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at)| *at).collect();
+        let followers: Vec<Uuid> = events.iter().map(|(e, _, _)| e.follower_id).collect();
+        let followees: Vec<Uuid> = events.iter().map(|(e, _, _)| e.followee_id).collect();
+        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at, _)| *at).collect();
         let rows = query(
             tx,
             schema,
@@ -278,9 +305,15 @@ impl<'a> Step<'a> {
             &[&followers, &followees, &at],
         )
         .await?;
-        for row in rows {
-            deltas.add(row.get(0), FOLLOWING, 1);
-            deltas.add(row.get(1), FOLLOWERS, 1);
+        let mut new = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (follower, followee): (Uuid, Uuid) = (row.get(0), row.get(1));
+            deltas.add(follower, FOLLOWING, 1);
+            deltas.add(followee, FOLLOWERS, 1);
+            new.push((follower, followee));
+        }
+        if layout.notifications {
+            notify::followed(tx, schema, events, &new).await?;
         }
         Ok(())
     }
@@ -289,6 +322,7 @@ impl<'a> Step<'a> {
         &self,
         tx: &Transaction<'_>,
         schema: &str,
+        layout: Layout,
         deltas: &mut CounterDeltas,
     ) -> Result<(), Error> {
         let events = &self.unfollowed;
@@ -307,6 +341,9 @@ impl<'a> Step<'a> {
         for row in rows {
             deltas.add(row.get(0), FOLLOWING, -1);
             deltas.add(row.get(1), FOLLOWERS, -1);
+        }
+        if layout.notifications {
+            notify::withdraw_follows(tx, schema, &followers, &followees).await?;
         }
         Ok(())
     }

@@ -247,6 +247,18 @@ async fn run() -> Result<()> {
         pgbench_latency.summary()
     );
 
+    // The unread count, a private read, next to the profile, the cheapest public one.
+    fixture.settle(&db).await?;
+    measuring("unread counts and profiles at saturation, in turns");
+    let before = stack.cpu(&[]);
+    let (unread, profiles) =
+        reads::unread_against_profiles(&http, &stack.query, &users, READ_CLIENTS, duration).await;
+    let unread_cpu = stack.cpu(&[]).since(&before);
+    println!(
+        "unread counts: {:.0}/s ({} failed), profiles {:.0}/s ({} failed)",
+        unread.rate, unread.failed, profiles.rate, profiles.failed
+    );
+
     // 5. Peak memory of each service and the broker's heap, then the services stop.
     let peaks: Vec<(&str, Option<f64>)> = stack
         .pids()
@@ -352,6 +364,14 @@ async fn run() -> Result<()> {
         .against(pgbench_latency.p(0.99))
         .goal(Goal::AtMost(5.0))
         .bounded(&read_cpu),
+        Measure::new(
+            "unread-count reads at saturation (baseline: profile reads, in turns)",
+            unread.rate,
+            "reads/s",
+        )
+        .against(profiles.rate)
+        .goal(Goal::AtLeastTimes(0.9))
+        .bounded(&unread_cpu),
     ];
     for (name, peak) in peaks {
         measures.push(
@@ -439,6 +459,16 @@ async fn run() -> Result<()> {
              arrivals) {}, CPU meanwhile: {pgbench_cpu}",
             read_latency.summary(),
             pgbench_latency.summary()
+        ),
+        format!(
+            "unread counts: {READ_CLIENTS} closed-loop clients, each read with a random user's              token (`GET /v1/me/notifications/unread-count`), against profile reads of random              users, in 4 turns of {:.1} s alternating (A B B A). Unread counts {:.0}/s, {}              failed, latency {}; profiles {:.0}/s, {} failed, latency {}; CPU meanwhile:              {unread_cpu}",
+            seconds / 4.0,
+            unread.rate,
+            unread.failed,
+            unread.latencies.summary(),
+            profiles.rate,
+            profiles.failed,
+            profiles.latencies.summary(),
         ),
         format!(
             "memory: peak RSS (VmHWM) of each service after all of the above; the bare HTTP \

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chronicle_tests::bench::{Latencies, closed_loop, open_loop};
+use chronicle_tests::bench::{ClosedLoop, Latencies, closed_loop, open_loop};
 use chronicle_tests::workload::Rng;
 
 use crate::services::User;
@@ -45,6 +45,46 @@ pub(crate) async fn at_rate(
     })
     .await;
     Latencies::sorted(samples)
+}
+
+/// The caller's unread count against profile reads, each at saturation with `clients`
+/// closed-loop clients: in four turns of a quarter of `duration`, alternating (A B B A) so that
+/// a machine whose speed drifts favours neither. Returns (unread counts, profiles).
+pub(crate) async fn unread_against_profiles(
+    http: &reqwest::Client,
+    query: &str,
+    users: &[User],
+    clients: usize,
+    duration: Duration,
+) -> (ClosedLoop, ClosedLoop) {
+    let turn = duration / 4;
+    let (mut unread, mut profiles) = (Vec::new(), Vec::new());
+    for round in 0..4 {
+        let unread_turn = round % 3 == 0;
+        let started = std::time::Instant::now();
+        let measured = closed_loop(clients, turn, |client, n| async move {
+            let mut rng = Rng((client as u64) << 32 ^ n ^ 0x2545_f491_4f6c_dd1d);
+            let user = &users[rng.below(users.len())];
+            let request = if unread_turn {
+                http.get(format!("{query}/v1/me/notifications/unread-count"))
+                    .bearer_auth(&user.token)
+            } else {
+                http.get(format!("{query}/v1/users/{}", user.id))
+            };
+            match request.send().await {
+                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+        let took = started.elapsed();
+        if unread_turn {
+            unread.push((measured, took));
+        } else {
+            profiles.push((measured, took));
+        }
+    }
+    (ClosedLoop::combined(unread), ClosedLoop::combined(profiles))
 }
 
 /// One read of the query API at `query`: a profile, or a home timeline.

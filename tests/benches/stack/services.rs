@@ -33,13 +33,17 @@ pub(crate) struct Stack {
 }
 
 /// A fresh Ed25519 private key in a PEM file, as `openssl genpkey -algorithm ed25519` writes it.
-fn write_token_key(path: &std::path::Path) -> Result<()> {
-    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+fn write_token_key(path: &std::path::Path, public_path: &std::path::Path) -> Result<()> {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
     let mut seed = [0u8; 32];
     seed[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
     seed[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let pem = ed25519_dalek::SigningKey::from_bytes(&seed).to_pkcs8_pem(Default::default())?;
-    std::fs::write(path, pem.as_bytes())?;
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    std::fs::write(path, key.to_pkcs8_pem(Default::default())?.as_bytes())?;
+    std::fs::write(
+        public_path,
+        key.verifying_key().to_public_key_pem(Default::default())?,
+    )?;
     Ok(())
 }
 
@@ -81,7 +85,8 @@ impl Stack {
         let query = free_address()?;
         let key_file =
             std::env::temp_dir().join(format!("chronicle-bench-{}-token-key.pem", fixture.id));
-        write_token_key(&key_file)?;
+        let public_key_file = key_file.with_extension("pub.pem");
+        write_token_key(&key_file, &public_key_file)?;
         let vars = [
             ("KAFKA_BROKERS", fixture.brokers.clone()),
             ("CHRONICLE_TOPIC", fixture.topic.clone()),
@@ -97,6 +102,10 @@ impl Stack {
             (
                 "CHRONICLE_TOKEN_SIGNING_KEY_FILE",
                 key_file.display().to_string(),
+            ),
+            (
+                "CHRONICLE_TOKEN_VERIFY_KEY_FILES",
+                public_key_file.display().to_string(),
             ),
             (
                 "CHRONICLE_PROJECTOR_FETCH_WAIT_MS",
@@ -149,6 +158,7 @@ impl Stack {
             stop_child(&mut child);
         }
         std::fs::remove_file(&self.key_file).ok();
+        std::fs::remove_file(self.key_file.with_extension("pub.pem")).ok();
     }
 
     /// Sends a command; the JSON answer if it was a success.

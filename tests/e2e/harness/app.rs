@@ -23,6 +23,8 @@ pub(crate) struct TestAppBuilder {
     pub(super) kafka_brokers: Option<String>,
     /// Replicas of each partition of the test topic.
     pub(super) replication_factor: u32,
+    /// A history written by an earlier release, loaded before the services start.
+    pub(super) history: Option<&'static str>,
 }
 
 impl TestAppBuilder {
@@ -60,6 +62,14 @@ impl TestAppBuilder {
     /// `CHRONICLE_REPLICATION_FACTOR`; more than 1 needs a cluster ([`Self::broker`]).
     pub(crate) fn replication_factor(mut self, replicas: u32) -> Self {
         self.replication_factor = replicas;
+        self
+    }
+
+    /// Loads the history of `tests/fixtures/<name>/` (its database and log, written by an
+    /// earlier release) into the test's database and topic before the services start; the
+    /// topic needs the fixture's partitions.
+    pub(crate) fn history(mut self, name: &'static str) -> Self {
+        self.history = Some(name);
         self
     }
 
@@ -121,6 +131,7 @@ impl TestApp {
             admin_database_url: None,
             kafka_brokers: None,
             replication_factor: 1,
+            history: None,
         }
     }
 
@@ -172,6 +183,10 @@ impl TestApp {
         )
         .await;
 
+        if let Some(name) = builder.history {
+            fixture::load_history(name, &database_url, &env.kafka_brokers, &topic).await;
+        }
+
         let log_dir = env.log_root.join(&database);
         std::fs::create_dir_all(&log_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
@@ -193,6 +208,10 @@ impl TestApp {
             (
                 "CHRONICLE_TOKEN_SIGNING_KEY_FILE",
                 token_key.private_file.display().to_string(),
+            ),
+            (
+                "CHRONICLE_TOKEN_VERIFY_KEY_FILES",
+                token_key.public_file.display().to_string(),
             ),
             ("CHRONICLE_COMMAND_ADDR", "127.0.0.1:0".to_owned()),
             ("CHRONICLE_QUERY_ADDR", "127.0.0.1:0".to_owned()),

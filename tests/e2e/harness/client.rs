@@ -51,7 +51,13 @@ impl TestApp {
 
     /// Appends `payload` keyed `key` straight to the test topic (to `partition` if given), as
     /// a foreign producer would, bypassing the command API.
-    pub(crate) async fn produce_raw(&self, key: &str, partition: Option<i32>, payload: &[u8]) {
+    /// Returns the record's position.
+    pub(crate) async fn produce_raw(
+        &self,
+        key: &str,
+        partition: Option<i32>,
+        payload: &[u8],
+    ) -> String {
         let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &self.kafka_brokers)
             .set("acks", "all")
@@ -64,10 +70,15 @@ impl TestApp {
         if let Some(partition) = partition {
             record = record.partition(partition);
         }
-        producer
+        let delivery = producer
             .send(record, Duration::from_secs(30))
             .await
             .unwrap_or_else(|(e, _)| panic!("failed to produce to {}: {e}", self.topic));
+        chronicle_infra::position::Position {
+            partition: delivery.partition,
+            offset: delivery.offset,
+        }
+        .encode()
     }
 
     /// A consumer of the test topic outside the projector's group, reading every partition
@@ -260,12 +271,26 @@ impl TestApp {
         limit: u32,
         positions: &[String],
     ) -> Vec<Value> {
+        self.collect_pages_by(path, limit, |request| with_positions(request, positions))
+            .await
+    }
+
+    /// Every item of `GET path` on the query API, each request shaped by `shape` (positions, a
+    /// token), following `next_cursor` with pages of `limit`.
+    async fn collect_pages_by(
+        &self,
+        path: &str,
+        limit: u32,
+        shape: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Vec<Value> {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..10_000 {
-            let resp = self
-                .get_page(path, Some(limit), cursor.as_deref(), positions)
-                .await;
+            let mut request = self.query(path).query(&[("limit", limit.to_string())]);
+            if let Some(cursor) = &cursor {
+                request = request.query(&[("cursor", cursor)]);
+            }
+            let resp = self.send(shape(request)).await;
             resp.assert_status(200);
             let page = resp.page_items();
             assert!(
@@ -335,6 +360,24 @@ impl TestApp {
     /// A token with `claims`, signed with the app's key as the command API signs.
     pub(crate) fn sign_token(&self, claims: &Value) -> String {
         self.token_key.sign(claims)
+    }
+
+    /// A token for `user`, valid for an hour, signed as the command API signs.
+    pub(crate) fn token_for(&self, user: &str) -> String {
+        let now = chrono::Utc::now().timestamp();
+        self.sign_token(&json!({ "sub": user, "iat": now, "exp": now + 3600 }))
+    }
+
+    /// Every item of a private list endpoint of the query API (`GET path` with `token`),
+    /// following `next_cursor` with pages of `limit`.
+    pub(crate) async fn collect_private_pages(
+        &self,
+        path: &str,
+        token: &str,
+        limit: u32,
+    ) -> Vec<Value> {
+        self.collect_pages_by(path, limit, |request| request.bearer_auth(token))
+            .await
     }
 
     // ----- Postgres -----------------------------------------------------------------------

@@ -12,6 +12,7 @@
 mod app;
 mod client;
 mod env;
+mod fixture;
 mod process;
 mod resp;
 mod rng;
