@@ -1,6 +1,7 @@
 //! The OpenAPI 3.1 document of the command API, generated from the handlers' annotations and
 //! served at `/openapi.json`.
 
+use chronicle_infra::apidoc::{SPACE, trimmed_text_pattern};
 use chronicle_infra::problem::ProblemBody;
 use serde::Deserialize;
 use utoipa::openapi::path::Operation;
@@ -79,11 +80,6 @@ impl Modify for SharedProblems {
     }
 }
 
-/// What `str::trim` removes (Unicode White_Space), as the inside of a regex character class.
-/// Patterns are ECMA-262 (JSON Schema) and Python (schemathesis) alike: `\uXXXX` escapes, no
-/// flags.
-const SPACE: &str = r"\t-\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
-
 /// A `position` (`chronicle_infra::Position::encode`): 12 bytes (partition, then offset, both
 /// big-endian and non-negative) as 16 characters of unpadded base64url. The first character
 /// carries the partition's sign bit, the sixth the offset's.
@@ -94,20 +90,6 @@ pub(crate) const POSITION_PATTERN: &str =
 /// lowercase to `[a-z0-9_]` (ASCII letters, and U+212A KELVIN SIGN, which lowercases to `k`).
 fn handle_pattern() -> String {
     format!("^[{SPACE}]*[A-Za-z0-9_\\u212A]{{3,30}}[{SPACE}]*$")
-}
-
-/// Text as `validate::bounded` accepts it: no U+0000 anywhere, and `min..=max` Unicode scalar
-/// values once surrounding white space is trimmed (`min` is 0 or 1).
-fn trimmed_text_pattern(min: usize, max: usize) -> String {
-    let core = format!(
-        "[^\\x00{SPACE}]([^\\x00]{{0,{inner}}}[^\\x00{SPACE}])?",
-        inner = max - 2
-    );
-    if min == 0 {
-        format!("^[{SPACE}]*({core}[{SPACE}]*)?$")
-    } else {
-        format!("^[{SPACE}]*{core}[{SPACE}]*$")
-    }
 }
 
 /// States in the document the field rules `validate` enforces, which the derived schemas cannot

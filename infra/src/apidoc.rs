@@ -50,3 +50,22 @@ pub fn add_bearer_scheme(openapi: &mut OpenApi) {
         ),
     );
 }
+
+/// What `str::trim` removes (Unicode White_Space), as the inside of a regex character class.
+/// Patterns are ECMA-262 (JSON Schema) and Python (schemathesis) alike: `\uXXXX` escapes, no
+/// flags.
+pub const SPACE: &str = r"\t-\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+
+/// A pattern for text that is valid when it holds no U+0000 and `min..=max` Unicode scalar
+/// values once surrounding white space is trimmed (`min` is 0 or 1, `max` at least 2).
+pub fn trimmed_text_pattern(min: usize, max: usize) -> String {
+    let core = format!(
+        "[^\\x00{SPACE}]([^\\x00]{{0,{inner}}}[^\\x00{SPACE}])?",
+        inner = max - 2
+    );
+    if min == 0 {
+        format!("^[{SPACE}]*({core}[{SPACE}]*)?$")
+    } else {
+        format!("^[{SPACE}]*{core}[{SPACE}]*$")
+    }
+}

@@ -18,7 +18,7 @@ use deadpool_postgres::{GenericClient, Pool};
 /// built by the same version.
 ///
 /// - 1: profiles, posts, likes, follows, replies and their counters.
-/// - 2: adds notifications (`sql/notifications.sql`).
+/// - 2: adds notifications (`sql/notifications.sql`) and search (`sql/search.sql`).
 pub const PROJECTION_VERSION: i32 = 2;
 
 /// The tables a generation has, from the projection version that built it. A projector keeps
@@ -28,6 +28,8 @@ pub const PROJECTION_VERSION: i32 = 2;
 pub(crate) struct Layout {
     /// Version 2 and later: `notifications` and `notification_reads`.
     pub(crate) notifications: bool,
+    /// Version 2 and later: `post_search` and `user_search`.
+    pub(crate) search: bool,
 }
 
 impl Layout {
@@ -35,6 +37,7 @@ impl Layout {
     pub(crate) fn of(version: i32) -> Layout {
         Layout {
             notifications: version >= 2,
+            search: version >= 2,
         }
     }
 
@@ -49,6 +52,7 @@ impl Layout {
 const ADDED_BY_VERSION: &[(i32, &str)] = &[
     (1, include_str!("../sql/read_models.sql")),
     (2, include_str!("../sql/notifications.sql")),
+    (2, include_str!("../sql/search.sql")),
 ];
 
 /// The DDL that takes a generation of version `from` (0: nothing yet) to [`PROJECTION_VERSION`].

@@ -81,6 +81,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "handles_not_unique",
         sql: include_str!("../migrations/0007_handles_not_unique.sql"),
     },
+    Migration {
+        version: 8,
+        name: "trigram_search",
+        sql: include_str!("../migrations/0008_trigram_search.sql"),
+    },
 ];
 
 /// The projector's command line: what to do, and the configuration (from the environment).

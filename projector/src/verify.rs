@@ -21,10 +21,17 @@ pub(crate) fn tables(layout: Layout) -> impl Iterator<Item = &'static Table> {
     } else {
         &[]
     };
-    TABLES.iter().chain(notifications)
+    let search: &[Table] = if layout.search { SEARCH_TABLES } else { &[] };
+    TABLES.iter().chain(notifications).chain(search)
 }
 
-/// The tables of projection version 2.
+/// The search tables of projection version 2.
+const SEARCH_TABLES: &[Table] = &[
+    ("post_search", "post_id, published_at, document", "true"),
+    ("user_search", "user_id, handle, display_name", "true"),
+];
+
+/// The notification tables of projection version 2.
 const NOTIFICATION_TABLES: &[Table] = &[
     (
         "notifications",

@@ -50,6 +50,69 @@ impl Cursor {
     }
 }
 
+/// What a page's `next_cursor` is made of.
+pub(crate) trait PageKey {
+    /// The opaque token.
+    fn token(&self) -> String;
+}
+
+impl PageKey for Cursor {
+    fn token(&self) -> String {
+        self.encode()
+    }
+}
+
+impl PageKey for ScoreCursor {
+    fn token(&self) -> String {
+        self.encode()
+    }
+}
+
+/// The key of the last item of a page of search results, ordered by score (highest first),
+/// then id. Encoded like [`Cursor`], the score's IEEE 754 bits in place of the time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ScoreCursor {
+    pub(crate) score: f64,
+    pub(crate) id: Uuid,
+}
+
+impl ScoreCursor {
+    /// A key after every item: where the first page starts.
+    pub(crate) fn start() -> ScoreCursor {
+        ScoreCursor {
+            score: f64::INFINITY,
+            id: Uuid::max(),
+        }
+    }
+
+    pub(crate) fn encode(&self) -> String {
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(&self.score.to_bits().to_be_bytes());
+        bytes[8..].copy_from_slice(self.id.as_bytes());
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// A score that is not a finite, non-negative number was not made here.
+    pub(crate) fn decode(token: &str) -> Result<ScoreCursor, Problem> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| invalid_cursor())?;
+        let bytes: [u8; 24] = bytes.try_into().map_err(|_| invalid_cursor())?;
+        let mut score = [0u8; 8];
+        score.copy_from_slice(&bytes[..8]);
+        let score = f64::from_bits(u64::from_be_bytes(score));
+        if !score.is_finite() || score < 0.0 {
+            return Err(invalid_cursor());
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&bytes[8..]);
+        Ok(ScoreCursor {
+            score,
+            id: Uuid::from_bytes(id),
+        })
+    }
+}
+
 /// 400 `invalid_cursor`: a cursor this service did not make.
 pub(crate) fn invalid_cursor() -> Problem {
     Problem::new(
@@ -71,6 +134,29 @@ mod tests {
             id: Uuid::now_v7(),
         };
         assert_eq!(Cursor::decode(&cursor.encode()).expect("cursor"), cursor);
+    }
+
+    #[test]
+    fn score_cursors_round_trip_and_refuse_what_no_score_is() {
+        let cursor = ScoreCursor {
+            score: 0.0607927,
+            id: Uuid::now_v7(),
+        };
+        assert_eq!(
+            ScoreCursor::decode(&cursor.encode()).expect("cursor"),
+            cursor
+        );
+        for score in [f64::NAN, f64::INFINITY, -1.0] {
+            let forged = ScoreCursor {
+                score,
+                id: Uuid::nil(),
+            }
+            .encode();
+            assert_eq!(
+                ScoreCursor::decode(&forged).expect_err("invalid").code(),
+                "invalid_cursor"
+            );
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::cursor::Cursor;
+use crate::cursor::{Cursor, PageKey, ScoreCursor};
 
 const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
@@ -106,12 +106,23 @@ pub(crate) struct Read<'a> {
     schema: String,
     pub(crate) limit: i64,
     pub(crate) cursor: Cursor,
+    /// The cursor of a list ordered by score ([`AppState::read_ranked`]).
+    pub(crate) score_cursor: ScoreCursor,
 }
 
 impl AppState {
     /// Parses `limit`, `cursor` and `min_position`, waits for the positions, and picks the
     /// active generation.
     pub(crate) async fn read(&self, query: Option<String>) -> Result<Read<'_>, Problem> {
+        self.read_paged(query, false).await
+    }
+
+    /// [`AppState::read`] for a list ordered by score: `cursor` is a [`ScoreCursor`].
+    pub(crate) async fn read_ranked(&self, query: Option<String>) -> Result<Read<'_>, Problem> {
+        self.read_paged(query, true).await
+    }
+
+    async fn read_paged(&self, query: Option<String>, ranked: bool) -> Result<Read<'_>, Problem> {
         let pairs = query_pairs(query.as_deref())?;
         let positions = min_positions(&pairs)?;
         let mut params = Read {
@@ -119,6 +130,7 @@ impl AppState {
             schema: String::new(),
             limit: DEFAULT_LIMIT,
             cursor: Cursor::start(),
+            score_cursor: ScoreCursor::start(),
         };
         for (key, value) in &pairs {
             match key.as_str() {
@@ -133,6 +145,7 @@ impl AppState {
                             ))
                         })?;
                 }
+                "cursor" if ranked => params.score_cursor = ScoreCursor::decode(value)?,
                 "cursor" => params.cursor = storable(Cursor::decode(value)?)?,
                 _ => {}
             }
@@ -242,14 +255,14 @@ fn post_not_found() -> Problem {
 }
 
 /// Turns `limit + 1` rows into a page: the extra row only says there is a next page.
-pub(crate) fn page<T: ToSchema>(
+pub(crate) fn page<T: ToSchema, K: PageKey>(
     rows: Vec<Row>,
     limit: i64,
-    key: impl Fn(&Row) -> Cursor,
+    key: impl Fn(&Row) -> K,
     item: impl Fn(&Row) -> T,
 ) -> Page<T> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let next_cursor = (rows.len() > limit).then(|| key(&rows[limit - 1]).encode());
+    let next_cursor = (rows.len() > limit).then(|| key(&rows[limit - 1]).token());
     Page {
         items: rows.iter().take(limit).map(item).collect(),
         next_cursor,
@@ -331,7 +344,7 @@ pub(crate) async fn profile_by_handle(
         .ok_or_else(user_not_found)
 }
 
-const POSTS: &str = "SELECT p.post_id, p.body, p.published_at, p.like_count,
+pub(crate) const POSTS: &str = "SELECT p.post_id, p.body, p.published_at, p.like_count,
         u.user_id, u.handle, u.display_name, p.reply_to, coalesce(c.reply_count, 0)
     FROM {s}.posts p JOIN {s}.users u ON u.user_id = p.author_id
     LEFT JOIN {s}.post_counters c ON c.post_id = p.post_id
@@ -340,7 +353,7 @@ const POSTS: &str = "SELECT p.post_id, p.body, p.published_at, p.like_count,
 const POSTS_PAGE: &str = "AND (p.published_at, p.post_id) < ($1, $2)
     ORDER BY p.published_at DESC, p.post_id DESC LIMIT $3";
 
-fn post_from(row: &Row) -> Post {
+pub(crate) fn post_from(row: &Row) -> Post {
     Post {
         post_id: row.get(0),
         body: row.get(1),
@@ -479,7 +492,7 @@ pub(crate) async fn post(
         .ok_or_else(post_not_found)
 }
 
-fn summary_from(row: &Row) -> UserSummary {
+pub(crate) fn summary_from(row: &Row) -> UserSummary {
     UserSummary {
         user_id: row.get(0),
         handle: row.get(1),

@@ -1,4 +1,5 @@
-//! The query API: serves profiles, feeds and a user's notifications from the read models.
+//! The query API: serves profiles, feeds, search and a user's notifications from the read
+//! models.
 //!
 //! It never writes: its database sessions are read-only (`default_transaction_read_only`), and it
 //! talks to no broker. Reads never wait, unless the client asks for `min_position`; then the
@@ -9,6 +10,7 @@ mod cursor;
 mod handlers;
 mod notifications;
 mod openapi;
+mod search;
 
 pub use openapi::document as openapi_document;
 
@@ -172,6 +174,8 @@ fn router(state: AppState) -> Router {
         .route("/v1/feed", get(global_feed))
         .route("/v1/posts/{post_id}", get(post))
         .route("/v1/posts/{post_id}/likes", get(likes))
+        .route("/v1/search/posts", get(search::posts))
+        .route("/v1/search/users", get(search::users))
         .route("/v1/me/notifications", get(notifications::list))
         .route(
             "/v1/me/notifications/unread-count",

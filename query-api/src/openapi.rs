@@ -1,21 +1,22 @@
 //! The OpenAPI 3.1 document of the query API, generated from the handlers' annotations and
 //! served at `/openapi.json`.
 
+use chronicle_infra::apidoc::trimmed_text_pattern;
 use chronicle_infra::problem::ProblemBody;
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::{RefOr, Required};
 use utoipa::{Modify, OpenApi};
 
-use crate::{handlers, notifications};
+use crate::{handlers, notifications, search};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Chronicle query API",
         version = "1",
-        description = "Profiles, feeds and the caller's notifications from Chronicle's read \
-                       models. Reads never wait unless given `min_position`; lists are \
-                       keyset-paginated, newest first."
+        description = "Profiles, feeds, search and the caller's notifications from Chronicle's \
+                       read models. Reads never wait unless given `min_position`; lists are \
+                       keyset-paginated, newest first (search results: most relevant first)."
     ),
     paths(
         handlers::profile,
@@ -27,6 +28,8 @@ use crate::{handlers, notifications};
         handlers::global_feed,
         handlers::post,
         handlers::likes,
+        search::posts,
+        search::users,
         notifications::list,
         notifications::unread_count,
     ),
@@ -35,6 +38,7 @@ use crate::{handlers, notifications};
     tags(
         (name = "users", description = "Profiles and follow lists"),
         (name = "posts", description = "Posts, feeds and likes"),
+        (name = "search", description = "Posts by full text, users by handle and display name"),
         (name = "notifications", description = "The caller's notifications (bearer token)"),
     )
 )]
@@ -71,13 +75,17 @@ pub(crate) const POSITION_PATTERN: &str =
 pub(crate) const CURSOR_PATTERN: &str = "^[A-Za-b][A-Za-z0-9_-]{31}$";
 
 /// States in the document the shapes the derived schemas cannot say: a `min_position` is a
-/// position, a `cursor` is a cursor.
+/// position, a `cursor` is a cursor, a search's `q` is text of 1 to 256 characters once trimmed.
 struct Constraints;
 
 impl Modify for Constraints {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let position = string_schema(POSITION_PATTERN, 16);
         let cursor = string_schema(CURSOR_PATTERN, 32);
+        let search_text: Schema = ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::String))
+            .pattern(Some(trimmed_text_pattern(1, search::MAX_QUERY_CHARS)))
+            .into();
         for item in openapi.paths.paths.values_mut() {
             for parameter in item
                 .get
@@ -94,6 +102,7 @@ impl Modify for Constraints {
                             Some(ArrayBuilder::new().items(RefOr::T(position.clone())).into());
                     }
                     "cursor" => parameter.schema = Some(cursor.clone().into()),
+                    "q" => parameter.schema = Some(search_text.clone().into()),
                     _ => {}
                 }
             }
@@ -129,7 +138,7 @@ mod tests {
                 .is_some_and(|v| v.starts_with("3.1"))
         );
         let paths = json["paths"].as_object().expect("paths");
-        assert_eq!(paths.len(), 11, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 13, "{:?}", paths.keys().collect::<Vec<_>>());
         for path in paths.values() {
             assert!(path["get"].is_object());
         }

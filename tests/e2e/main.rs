@@ -44,6 +44,7 @@ mod projector_group;
 mod proxies;
 mod rebuild;
 mod scenario;
+mod search;
 mod tls;
 mod upgrade;
 mod validation;

@@ -2,8 +2,9 @@
 //! database and log an earlier release wrote (`tests/fixtures/v1-history`, made by the release
 //! before notifications through its HTTP API, see its `make`), the new services started on them,
 //! then `projector rebuild`. Until the rebuild the old generation keeps serving what it always
-//! served, and notifications answer 503; after it, notifications of acts from before the upgrade
-//! are there, as are those of acts between the upgrade and the rebuild.
+//! served, and notifications and search answer 503; after it, notifications of acts from before
+//! the upgrade are there, as are those of acts between the upgrade and the rebuild, and search
+//! finds what was written before.
 
 use serde_json::Value;
 
@@ -93,6 +94,8 @@ async fn a_rebuild_fills_notifications_from_the_whole_history_while_the_old_gene
     app.send(app.query("/v1/me/notifications").bearer_auth(&token))
         .await
         .assert_problem(503, "stale_read");
+    let search_hello = || app.send(app.query("/v1/search/posts").query(&[("q", "hello")]));
+    search_hello().await.assert_problem(503, "stale_read");
     // Commands go on meanwhile: carol likes bob's post on the old generation.
     let liked = app.like(&app.token_for(&carol), &bobs, NO_POSITIONS).await;
     liked.assert_status(202);
@@ -137,6 +140,16 @@ async fn a_rebuild_fills_notifications_from_the_whole_history_while_the_old_gene
     );
     assert_eq!(unread, 3);
     assert_eq!(notified(&app, &carol, &at_like).await, (Vec::new(), 0));
+    // Search finds what was written before the upgrade.
+    let found = search_hello().await;
+    found.assert_status(200);
+    assert_eq!(found.page_items().len(), 1, "{found}");
+    assert_eq!(found.page_items()[0]["post_id"], hello.as_str());
+    let users = app
+        .send(app.query("/v1/search/users").query(&[("q", "caro")]))
+        .await;
+    users.assert_status(200);
+    assert_eq!(users.page_items()[0]["user_id"], carol.as_str());
     // Nothing else changed.
     let profile_after = app.get_user(&alice, NO_POSITIONS).await;
     assert_eq!(profile_after.body, profile_before.body);

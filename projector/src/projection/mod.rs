@@ -18,12 +18,14 @@
 //! not on the order in which their partitions are applied, so every generation agrees.
 //!
 //! The parts: [`plan`] cuts a batch into steps, [`step`] holds each event type's SQL,
-//! [`counters`] the counter changes a batch collects, and [`notify`] the notifications
-//! (projection version 2; a generation of version 1 has none, see [`Layout`]).
+//! [`counters`] the counter changes a batch collects, [`notify`] the notifications and
+//! [`search`] what search reads (both projection version 2; a generation of version 1 has
+//! neither, see [`Layout`]).
 
 mod counters;
 mod notify;
 mod plan;
+mod search;
 mod step;
 
 use std::collections::BTreeMap;

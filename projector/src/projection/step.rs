@@ -11,7 +11,7 @@ use tokio_postgres::Error;
 use uuid::Uuid;
 
 use super::counters::{CounterDeltas, FOLLOWERS, FOLLOWING, LIKES_GIVEN, LIKES_RECEIVED, POSTS};
-use super::{execute, notify, query};
+use super::{execute, notify, query, search};
 use crate::generation::Layout;
 
 /// Events that touch pairwise different rows, by type.
@@ -52,13 +52,13 @@ impl<'a> Step<'a> {
         deltas: &mut CounterDeltas,
     ) -> Result<(), Error> {
         if !self.registered.is_empty() {
-            self.register(tx, schema).await?;
+            self.register(tx, schema, layout).await?;
         }
         if !self.profiles.is_empty() {
-            self.update_profiles(tx, schema).await?;
+            self.update_profiles(tx, schema, layout).await?;
         }
         if !self.published.is_empty() {
-            self.publish(tx, schema, deltas).await?;
+            self.publish(tx, schema, layout, deltas).await?;
         }
         if !self.deleted.is_empty() {
             self.delete(tx, schema, layout, deltas).await?;
@@ -81,7 +81,12 @@ impl<'a> Step<'a> {
         Ok(())
     }
 
-    async fn register(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
+    async fn register(
+        &self,
+        tx: &Transaction<'_>,
+        schema: &str,
+        layout: Layout,
+    ) -> Result<(), Error> {
         let events = &self.registered;
         let users: Vec<Uuid> = events.iter().map(|(e, _)| e.user_id).collect();
         let handles: Vec<&str> = events.iter().map(|(e, _)| e.handle.as_str()).collect();
@@ -99,10 +104,19 @@ impl<'a> Step<'a> {
              ON CONFLICT (user_id) DO NOTHING",
             &[&users, &handles, &names, &bios, &at],
         )
-        .await
+        .await?;
+        if layout.search {
+            search::registered(tx, schema, &users, &handles, &names).await?;
+        }
+        Ok(())
     }
 
-    async fn update_profiles(&self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
+    async fn update_profiles(
+        &self,
+        tx: &Transaction<'_>,
+        schema: &str,
+        layout: Layout,
+    ) -> Result<(), Error> {
         let events = &self.profiles;
         let users: Vec<Uuid> = events.iter().map(|e| e.user_id).collect();
         let names: Vec<Option<&str>> = events.iter().map(|e| e.display_name.as_deref()).collect();
@@ -117,7 +131,11 @@ impl<'a> Step<'a> {
              WHERE u.user_id = d.user_id",
             &[&users, &names, &bios],
         )
-        .await
+        .await?;
+        if layout.search {
+            search::profiles_updated(tx, schema, &users, &names).await?;
+        }
+        Ok(())
     }
 
     /// Publishes posts. Their reply notifications are settled after the counters
@@ -126,6 +144,7 @@ impl<'a> Step<'a> {
         &self,
         tx: &Transaction<'_>,
         schema: &str,
+        layout: Layout,
         deltas: &mut CounterDeltas,
     ) -> Result<(), Error> {
         let events = &self.published;
@@ -144,12 +163,17 @@ impl<'a> Step<'a> {
             &[&posts, &authors, &bodies, &at, &parents],
         )
         .await?;
+        let mut new = Vec::with_capacity(rows.len());
         for row in rows {
             deltas.add(row.get(0), POSTS, 1);
             if let Some(parent) = row.get::<_, Option<Uuid>>(1) {
                 deltas.add_reply(parent, 1);
             }
             deltas.published(row.get(2));
+            new.push(row.get(2));
+        }
+        if layout.search && !new.is_empty() {
+            search::published(tx, schema, &new).await?;
         }
         Ok(())
     }
@@ -203,6 +227,9 @@ impl<'a> Step<'a> {
         }
         if layout.notifications {
             notify::withdraw_likes_of_posts(tx, schema, &posts).await?;
+        }
+        if layout.search {
+            search::deleted(tx, schema, &posts).await?;
         }
         Ok(())
     }
