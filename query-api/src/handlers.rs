@@ -11,6 +11,7 @@ use chronicle_infra::problem::ProblemBody;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -180,9 +181,33 @@ impl Read<'_> {
         Ok(self.query_raw(sql, params).await?)
     }
 
+    /// Like [`Read::query`], for read models that projection version 2 added (`what` names
+    /// them): on a generation of version 1, which lacks their tables, 503 `stale_read` saying
+    /// that `projector rebuild` builds them.
+    pub(crate) async fn query_added(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Problem> {
+        self.query_raw(sql, params).await.map_err(|err| match err {
+            QueryError::Db(db) if db.code() == Some(&SqlState::UNDEFINED_TABLE) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stale_read",
+                format!(
+                    "{what} not in the active read models yet: the active generation was built \
+                     by older projection code, and `projector rebuild` builds a current one from \
+                     the whole history"
+                ),
+            )
+            .with_retry_after(std::time::Duration::from_secs(60)),
+            other => other.into(),
+        })
+    }
+
     /// Like [`Read::query`], with the database's error as it is (for a caller that tells some
     /// apart).
-    pub(crate) async fn query_raw(
+    async fn query_raw(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -216,7 +241,7 @@ impl Read<'_> {
 
 /// Why a read's statement failed.
 #[derive(Debug)]
-pub(crate) enum QueryError {
+enum QueryError {
     /// No connection to be had.
     Pool(deadpool_postgres::PoolError),
     /// The statement failed.

@@ -7,21 +7,18 @@
 
 use axum::Json;
 use axum::extract::{FromRequestParts, RawQuery, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use chronicle_infra::Problem;
 use chronicle_infra::problem::ProblemBody;
 use chronicle_infra::token;
 use serde::Serialize;
 use tokio_postgres::Row;
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::cursor::Cursor;
-use crate::handlers::{Page, Paging, QueryError, Read, UserSummary, page, timestamp};
+use crate::handlers::{Page, Paging, UserSummary, page, timestamp};
 use chronicle_infra::http::MinPositions;
 
 /// What happened, told to the user it happened to.
@@ -62,24 +59,6 @@ impl FromRequestParts<AppState> for Reader {
     }
 }
 
-/// Runs a read of the notification tables; a generation without them is 503 `stale_read`.
-async fn query(
-    read: &Read<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Vec<Row>, Problem> {
-    read.query_raw(sql, params).await.map_err(|err| match err {
-        QueryError::Db(db) if db.code() == Some(&SqlState::UNDEFINED_TABLE) => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stale_read",
-            "notifications are not in the active read models yet: `projector rebuild` builds \
-             them from the whole history",
-        )
-        .with_retry_after(std::time::Duration::from_secs(60)),
-        other => other.into(),
-    })
-}
-
 /// The id below which nothing is read for a user who never marked anything read.
 const NOTHING_READ: Uuid = Uuid::nil();
 
@@ -95,18 +74,19 @@ pub(crate) async fn list(
     let read = app.read(query_string).await?;
     let fetch = read.limit + 1;
     // Notifications are ordered by id alone; the cursor's time is not compared.
-    let rows = query(
-        &read,
-        "SELECT n.notification_id, n.kind, n.post_id, n.created_at,
+    let rows = read
+        .query_added(
+            "notifications are",
+            "SELECT n.notification_id, n.kind, n.post_id, n.created_at,
                 u.user_id, u.handle, u.display_name,
                 n.notification_id <= coalesce(
                     (SELECT up_to FROM {s}.notification_reads WHERE user_id = $1), $4)
          FROM {s}.notifications n JOIN {s}.users u ON u.user_id = n.actor_id
          WHERE n.recipient_id = $1 AND n.notification_id < $2
          ORDER BY n.notification_id DESC LIMIT $3",
-        &[&user, &read.cursor.id, &fetch, &NOTHING_READ],
-    )
-    .await?;
+            &[&user, &read.cursor.id, &fetch, &NOTHING_READ],
+        )
+        .await?;
     let key = |row: &Row| Cursor {
         at: row.get(3),
         id: row.get(0),
@@ -136,15 +116,16 @@ pub(crate) async fn unread_count(
 ) -> Result<Json<UnreadCount>, Problem> {
     let read = app.read(query_string).await?;
     // Counted as the list shows them: with their actor.
-    let rows = query(
-        &read,
-        "SELECT count(*)
+    let rows = read
+        .query_added(
+            "notifications are",
+            "SELECT count(*)
          FROM {s}.notifications n JOIN {s}.users u ON u.user_id = n.actor_id
          WHERE n.recipient_id = $1 AND n.notification_id > coalesce(
              (SELECT up_to FROM {s}.notification_reads WHERE user_id = $1), $2)",
-        &[&user, &NOTHING_READ],
-    )
-    .await?;
+            &[&user, &NOTHING_READ],
+        )
+        .await?;
     let count = rows.first().map_or(0, |row| row.get(0));
     Ok(Json(UnreadCount { count }))
 }

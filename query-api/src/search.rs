@@ -9,20 +9,15 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
 use chronicle_infra::Problem;
 use chronicle_infra::http::{MinPositions, query_pairs};
 use chronicle_infra::problem::ProblemBody;
 use tokio_postgres::Row;
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::cursor::ScoreCursor;
-use crate::handlers::{
-    POSTS, Page, Post, QueryError, Read, UserSummary, page, post_from, summary_from,
-};
+use crate::handlers::{POSTS, Page, Post, UserSummary, page, post_from, summary_from};
 
 /// The longest `q`, in characters after trimming.
 pub(crate) const MAX_QUERY_CHARS: usize = 256;
@@ -60,24 +55,6 @@ fn search_text(query: Option<&str>) -> Result<String, Problem> {
     Ok(q.to_owned())
 }
 
-/// Runs a read of the search tables; a generation without them is 503 `stale_read`.
-async fn query(
-    read: &Read<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Vec<Row>, Problem> {
-    read.query_raw(sql, params).await.map_err(|err| match err {
-        QueryError::Db(db) if db.code() == Some(&SqlState::UNDEFINED_TABLE) => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stale_read",
-            "search is not in the active read models yet: `projector rebuild` builds it from \
-             the whole history",
-        )
-        .with_retry_after(std::time::Duration::from_secs(60)),
-        other => other.into(),
-    })
-}
-
 /// The cursor after a row whose score is column `score` and id column `id`.
 fn score_key(score: usize, id: usize) -> impl Fn(&Row) -> ScoreCursor {
     move |row: &Row| ScoreCursor {
@@ -107,12 +84,13 @@ pub(crate) async fn posts(
          WHERE (m.score, m.post_id) < ($2, $3)
          ORDER BY m.score DESC, m.post_id DESC LIMIT $4"
     );
-    let rows = query(
-        &read,
-        &sql,
-        &[&q, &read.score_cursor.score, &read.score_cursor.id, &fetch],
-    )
-    .await?;
+    let rows = read
+        .query_added(
+            "search is",
+            &sql,
+            &[&q, &read.score_cursor.score, &read.score_cursor.id, &fetch],
+        )
+        .await?;
     Ok(Json(page(rows, read.limit, score_key(9, 0), post_from)))
 }
 
@@ -127,9 +105,10 @@ pub(crate) async fn users(
     let q = search_text(query_string.as_deref())?.to_lowercase();
     let read = app.read_ranked(query_string).await?;
     let fetch = read.limit + 1;
-    let rows = query(
-        &read,
-        "SELECT user_id, handle, display_name, score FROM (
+    let rows = read
+        .query_added(
+            "search is",
+            "SELECT user_id, handle, display_name, score FROM (
              SELECT s.user_id, s.handle, s.display_name,
                     greatest(similarity(s.handle, $1), similarity(lower(s.display_name), $1),
                              word_similarity($1, s.handle),
@@ -139,9 +118,9 @@ pub(crate) async fn users(
                 OR $1 <% s.handle OR $1 <% lower(s.display_name)) m
          WHERE (score, user_id) < ($2, $3)
          ORDER BY score DESC, user_id DESC LIMIT $4",
-        &[&q, &read.score_cursor.score, &read.score_cursor.id, &fetch],
-    )
-    .await?;
+            &[&q, &read.score_cursor.score, &read.score_cursor.id, &fetch],
+        )
+        .await?;
     Ok(Json(page(rows, read.limit, score_key(3, 0), summary_from)))
 }
 
@@ -161,7 +140,7 @@ mod tests {
         ] {
             let problem = search_text(bad).expect_err("refused");
             assert_eq!(problem.code(), "validation_failed");
-            assert_eq!(problem.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(problem.status(), axum::http::StatusCode::BAD_REQUEST);
         }
         let long = format!("q={}", "é".repeat(MAX_QUERY_CHARS + 1));
         assert!(search_text(Some(&long)).is_err());
