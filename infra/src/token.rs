@@ -220,6 +220,11 @@ impl Verifier {
 
     /// The user a token speaks for.
     pub fn verify(&self, token: &str) -> Result<Uuid, Problem> {
+        self.verify_until(token).map(|(user, _)| user)
+    }
+
+    /// The user a token speaks for, and when it expires (`exp`, seconds since the epoch).
+    fn verify_until(&self, token: &str) -> Result<(Uuid, i64), Problem> {
         let refused = |reason: &dyn std::fmt::Display| {
             tracing::debug!(%reason, "token refused");
             Problem::unauthorized("the bearer token is invalid or expired")
@@ -246,8 +251,72 @@ impl Verifier {
         };
         let data =
             jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|err| refused(&err))?;
-        Uuid::parse_str(&data.claims.sub)
-            .map_err(|_| Problem::unauthorized("the bearer token does not name a user"))
+        let user = Uuid::parse_str(&data.claims.sub)
+            .map_err(|_| Problem::unauthorized("the bearer token does not name a user"))?;
+        Ok((user, data.claims.exp))
+    }
+}
+
+/// Tokens a [`CachingVerifier`] remembers at most; past that it forgets them all.
+const REMEMBERED_TOKENS: usize = 10_000;
+
+/// A [`Verifier`] that remembers the tokens it accepted until they expire, so that a client
+/// that reads often with one token pays for its signature check once. A token is looked up by
+/// its whole text, so only the very token that was checked is let through; an expired one is
+/// checked again (and refused). Nothing can revoke a token before it expires yet: when
+/// something can, it must be consulted here too.
+pub struct CachingVerifier {
+    verifier: Verifier,
+    accepted: std::sync::Mutex<HashMap<String, (Uuid, i64)>>,
+}
+
+impl CachingVerifier {
+    /// Remembers what `verifier` accepts.
+    pub fn new(verifier: Verifier) -> CachingVerifier {
+        CachingVerifier {
+            verifier,
+            accepted: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The user a token speaks for.
+    pub fn verify(&self, token: &str) -> Result<Uuid, Problem> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+            });
+        let leeway = i64::try_from(LEEWAY_SECS).unwrap_or(0);
+        let remembered = self.remembered().get(token).copied();
+        if let Some((user, expires)) = remembered
+            && now < expires.saturating_add(leeway)
+        {
+            return Ok(user);
+        }
+        let (user, expires) = self.verifier.verify_until(token)?;
+        let mut accepted = self.remembered();
+        if accepted.len() >= REMEMBERED_TOKENS {
+            accepted.clear();
+        }
+        accepted.insert(token.to_owned(), (user, expires));
+        Ok(user)
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Uuid, i64)>> {
+        // A panic while the map was held leaves it as it was: still a map of checked tokens.
+        self.accepted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for CachingVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the tokens: they are secrets.
+        f.debug_struct("CachingVerifier")
+            .field("verifier", &self.verifier)
+            .field("remembered", &self.remembered().len())
+            .finish()
     }
 }
 
@@ -291,6 +360,36 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_caching_verifier_lets_through_only_the_tokens_it_checked_while_they_are_valid() {
+        let verifier = CachingVerifier::new(verifier(&[1]));
+        let issuer = issuer(1);
+        let user = Uuid::now_v7();
+        let token = issuer.issue(user).expect("token");
+        assert_eq!(verifier.verify(&token).ok(), Some(user));
+        assert_eq!(verifier.verify(&token).ok(), Some(user), "remembered");
+        // One character off is another token, checked (and refused).
+        let mut forged = token.clone();
+        let last = forged.pop().expect("a character");
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(verifier.verify(&forged).is_err());
+        // Remembered, but expired since: checked again, and refused.
+        let an_hour_ago = chrono::Utc::now().timestamp() - 3600;
+        let claims = Claims {
+            sub: user.to_string(),
+            iat: an_hour_ago - 60,
+            exp: an_hour_ago,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(issuer.key.public.kid().to_owned());
+        let expired = jsonwebtoken::encode(&header, &claims, &issuer.key.encoding).expect("token");
+        verifier
+            .remembered()
+            .insert(expired.clone(), (user, an_hour_ago));
+        assert!(verifier.verify(&expired).is_err());
+        assert!(!format!("{verifier:?}").contains(&token));
+    }
 
     /// A private key in PKCS#8 PEM made from `seed`, as `openssl genpkey` would write it.
     fn pem(seed: u8) -> String {

@@ -26,7 +26,7 @@ use chronicle_infra::http::{Server, install_metrics, with_common_layers};
 use chronicle_infra::limit::{LimitArgs, limit_requests};
 use chronicle_infra::progress::Progress;
 use chronicle_infra::telemetry::LogFormat;
-use chronicle_infra::token::{self, PublicKey, Verifier};
+use chronicle_infra::token::{self, CachingVerifier, PublicKey, Verifier};
 use deadpool_postgres::Pool;
 
 /// Configuration of the query API, from the environment (or flags).
@@ -100,7 +100,7 @@ pub(crate) struct Shared {
     pool: Pool,
     progress: Progress,
     consistency_wait: Duration,
-    tokens: Verifier,
+    tokens: CachingVerifier,
 }
 
 impl std::ops::Deref for AppState {
@@ -137,7 +137,7 @@ impl Application {
             progress,
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
             // No HS256 secret: whoever holds it can make tokens, which this service must not.
-            tokens: Verifier::new(&config.token_verify_keys.0, None),
+            tokens: CachingVerifier::new(Verifier::new(&config.token_verify_keys.0, None)),
         }));
         let server = Server::bind("query-api", config.addr).await?;
         let router = limit_requests(router(state), &config.limits);

@@ -461,7 +461,11 @@ async fn run() -> Result<()> {
             pgbench_latency.summary()
         ),
         format!(
-            "unread counts: {READ_CLIENTS} closed-loop clients, each read with a random user's              token (`GET /v1/me/notifications/unread-count`), against profile reads of random              users, in 4 turns of {:.1} s alternating (A B B A). Unread counts {:.0}/s, {}              failed, latency {}; profiles {:.0}/s, {} failed, latency {}; CPU meanwhile:              {unread_cpu}",
+            "unread counts: {READ_CLIENTS} closed-loop clients, each read with a random user's \
+             token (`GET /v1/me/notifications/unread-count`), against profile reads of \
+             random users, in 4 turns of {:.1} s alternating (A B B A). Unread counts \
+             {:.0}/s, {} failed, latency {}; profiles {:.0}/s, {} failed, latency {}; CPU \
+             meanwhile: {unread_cpu}",
             seconds / 4.0,
             unread.rate,
             unread.failed,
