@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use deadpool_postgres::{Pool, Transaction};
 use uuid::Uuid;
 
-use crate::generation::{self, Layout, PROJECTION_VERSION, Target, q};
+use crate::generation::{self, Layout, Target, q};
 use crate::projection::{CounterDeltas, apply};
 
 /// One message taken from the log.
@@ -155,13 +155,8 @@ impl Partition<'_> {
                 let (name, version) = generation::active_held(tx).await?.ok_or_else(|| {
                     BatchError::Transient("no active generation: a switch is under way".into())
                 })?;
-                if version > PROJECTION_VERSION {
-                    return Err(BatchError::Transient(format!(
-                        "the active generation {name} was built by projection code v{version}, \
-                         newer than this projector's v{PROJECTION_VERSION}: upgrade this projector"
-                    )));
-                }
-                Ok((name, Layout::of(version)))
+                let layout = Layout::of_active(&name, version).map_err(BatchError::Transient)?;
+                Ok((name, layout))
             }
         }
     }

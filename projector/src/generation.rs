@@ -45,6 +45,18 @@ impl Layout {
     pub(crate) fn current() -> Layout {
         Layout::of(PROJECTION_VERSION)
     }
+
+    /// The layout of active generation `name`, built by projection code `version`, to which
+    /// this code may apply events: not one built by newer code, whose layout it does not know.
+    pub(crate) fn of_active(name: &str, version: i32) -> Result<Layout, String> {
+        if version > PROJECTION_VERSION {
+            return Err(format!(
+                "the active generation {name} was built by projection code v{version}, newer \
+                 than this projector's v{PROJECTION_VERSION}: upgrade this projector"
+            ));
+        }
+        Ok(Layout::of(version))
+    }
 }
 
 /// The DDL each projection version adds to the one before, `{schema}` standing for the

@@ -272,14 +272,7 @@ async fn decide(pool: &Pool, topic: &str, id: i64, decision: Decision) -> anyhow
     let (active, version) = generation::active_held(&tx)
         .await?
         .context("there is no active generation")?;
-    if version > generation::PROJECTION_VERSION {
-        bail!(
-            "the active generation {active} was built by projection code v{version}, newer than \
-             this projector's v{}: use the projector that built it",
-            generation::PROJECTION_VERSION
-        );
-    }
-    let layout = generation::Layout::of(version);
+    let layout = generation::Layout::of_active(&active, version).map_err(anyhow::Error::msg)?;
     let schema = generation::schema_of(&active);
     let Some(row) = tx
         .query_opt(

@@ -178,7 +178,7 @@ impl Read<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Problem> {
-        Ok(self.query_raw(sql, params).await?)
+        Ok(self.run(sql, params).await??)
     }
 
     /// Like [`Read::query`], for read models that projection version 2 added (`what` names
@@ -190,8 +190,11 @@ impl Read<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Problem> {
-        self.query_raw(sql, params).await.map_err(|err| match err {
-            QueryError::Db(db) if db.code() == Some(&SqlState::UNDEFINED_TABLE) => Problem::new(
+        self.run(sql, params).await?.map_err(|err| {
+            if err.code() != Some(&SqlState::UNDEFINED_TABLE) {
+                return err.into();
+            }
+            Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "stale_read",
                 format!(
@@ -200,23 +203,26 @@ impl Read<'_> {
                      the whole history"
                 ),
             )
-            .with_retry_after(std::time::Duration::from_secs(60)),
-            other => other.into(),
+            .with_retry_after(std::time::Duration::from_secs(60))
         })
     }
 
-    /// Like [`Read::query`], with the database's error as it is (for a caller that tells some
-    /// apart).
-    async fn query_raw(
+    /// Runs `sql` against this read's generation: no connection is a problem (outer), a
+    /// failing statement comes back as the database said it (inner), for a caller that tells
+    /// some apart.
+    async fn run(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, QueryError> {
+    ) -> Result<Result<Vec<Row>, tokio_postgres::Error>, Problem> {
         let client = self.app.pool.get().await?;
-        let statement = client
-            .prepare_cached(&sql.replace("{s}", &self.schema))
-            .await?;
-        Ok(client.query(&statement, params).await?)
+        Ok(async {
+            let statement = client
+                .prepare_cached(&sql.replace("{s}", &self.schema))
+                .await?;
+            client.query(&statement, params).await
+        }
+        .await)
     }
 
     async fn require_user(&self, user_id: Uuid) -> Result<(), Problem> {
@@ -236,36 +242,6 @@ impl Read<'_> {
             .query(&format!("{PROFILE} WHERE u.user_id = $1"), &[&user_id])
             .await?;
         rows.first().map(profile_from).ok_or_else(user_not_found)
-    }
-}
-
-/// Why a read's statement failed.
-#[derive(Debug)]
-enum QueryError {
-    /// No connection to be had.
-    Pool(deadpool_postgres::PoolError),
-    /// The statement failed.
-    Db(tokio_postgres::Error),
-}
-
-impl From<deadpool_postgres::PoolError> for QueryError {
-    fn from(err: deadpool_postgres::PoolError) -> QueryError {
-        QueryError::Pool(err)
-    }
-}
-
-impl From<tokio_postgres::Error> for QueryError {
-    fn from(err: tokio_postgres::Error) -> QueryError {
-        QueryError::Db(err)
-    }
-}
-
-impl From<QueryError> for Problem {
-    fn from(err: QueryError) -> Problem {
-        match err {
-            QueryError::Pool(err) => err.into(),
-            QueryError::Db(err) => err.into(),
-        }
     }
 }
 
