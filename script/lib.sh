@@ -524,6 +524,48 @@ stop_private_postgres_if_started() {
   CHRONICLE_PG_STARTED=0
 }
 
+# --- the browser tests -------------------------------------------------------------------------
+#
+# tests/e2e/browser.rs drives a real EventSource in Debian's headless Chromium through
+# playwright-core (tests/browser/eventsource.mjs, run by node). Chromium comes from apt-get;
+# playwright-core, pinned by tests/browser/package-lock.json, from the npm registry into
+# $CHRONICLE_BROWSER_DIR (outside the work tree). Playwright never downloads a browser here.
+
+CHRONICLE_BROWSER_DIR="${CHRONICLE_BROWSER_DIR:-$CACHE/browser}"
+
+# Installs /usr/bin/chromium and node/npm (apt-get) and playwright-core (npm ci into
+# $CHRONICLE_BROWSER_DIR) unless they are there, and exports CHRONICLE_BROWSER_DIR for the tests.
+ensure_browser() {
+  local lock="$CHRONICLE_ROOT/tests/browser/package-lock.json"
+  if [[ ! -x /usr/bin/chromium ]]; then
+    command -v apt-get >/dev/null 2>&1 ||
+      die "the browser tests need /usr/bin/chromium and apt-get is unavailable: install Chromium there"
+    say "installing Chromium with apt-get (the browser tests run a real EventSource in it)"
+    apt_install chromium
+    [[ -x /usr/bin/chromium ]] || die "apt-get installed chromium but /usr/bin/chromium is missing"
+  fi
+  say "chromium: $(/usr/bin/chromium --version 2>/dev/null || echo 'version unknown')"
+  if [[ ! -x /usr/bin/node ]] || ! command -v npm >/dev/null 2>&1; then
+    command -v apt-get >/dev/null 2>&1 ||
+      die "the browser tests need /usr/bin/node and npm and apt-get is unavailable: install Node.js 20+"
+    say "installing Node.js and npm with apt-get (the browser tests drive Chromium from node)"
+    apt_install nodejs npm
+  fi
+  # Reinstalled only when the lock file changed since the last install.
+  if [[ -f $CHRONICLE_BROWSER_DIR/.complete ]] && cmp -s "$lock" "$CHRONICLE_BROWSER_DIR/package-lock.json"; then
+    say "playwright-core: reusing $CHRONICLE_BROWSER_DIR"
+  else
+    mkdir -p "$CHRONICLE_BROWSER_DIR"
+    say "installing playwright-core (tests/browser/package-lock.json) with npm ci into $CHRONICLE_BROWSER_DIR, no browser download"
+    rm -f "$CHRONICLE_BROWSER_DIR/.complete"
+    cp "$CHRONICLE_ROOT/tests/browser/package.json" "$lock" "$CHRONICLE_BROWSER_DIR/"
+    (cd "$CHRONICLE_BROWSER_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund) ||
+      die "npm ci of playwright-core into $CHRONICLE_BROWSER_DIR failed (see above)"
+    touch "$CHRONICLE_BROWSER_DIR/.complete"
+  fi
+  export CHRONICLE_BROWSER_DIR
+}
+
 # --- toolchain ----------------------------------------------------------------------------------
 
 ensure_cargo() {
@@ -563,10 +605,12 @@ bootstrap() {
   ensure_postgres
 }
 
-# What testing needs on top (script/bootstrap and script/test): rustfmt, clippy, cargo-nextest.
+# What testing needs on top (script/bootstrap and script/test): rustfmt, clippy, cargo-nextest,
+# and Chromium with playwright-core for the browser tests.
 bootstrap_tests() {
   ensure_cargo_components
   ensure_nextest
+  ensure_browser
 }
 
 # Directory cargo builds into (honours CARGO_TARGET_DIR and .cargo/config).

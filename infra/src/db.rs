@@ -73,9 +73,7 @@ impl DatabaseArgs {
     /// A pool whose sessions cannot write (`default_transaction_read_only`), for services
     /// that must never write.
     pub fn read_only_pool(&self) -> anyhow::Result<Pool> {
-        let mut config = self.pg_config()?;
-        config.config.options("-c default_transaction_read_only=on");
-        build_pool(config, self.pool_size)
+        build_pool(self.pg_config()?.read_only(), self.pool_size)
     }
 }
 
@@ -135,6 +133,12 @@ impl PgConfig {
     /// tokio-postgres's part of the settings.
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    /// These settings for sessions that cannot write (`default_transaction_read_only`).
+    pub fn read_only(mut self) -> PgConfig {
+        self.config.options("-c default_transaction_read_only=on");
+        self
     }
 
     /// The `sslmode` in force.

@@ -84,6 +84,23 @@ impl Progress {
         })
     }
 
+    /// The schema of the active generation's read models and the next offset of each partition
+    /// applied to them, as last heard (`None` until known).
+    pub fn snapshot(&self) -> Option<(String, HashMap<i32, i64>)> {
+        let view = self.view.borrow();
+        let generation = view.generation.as_deref()?;
+        Some((read_schema(generation), view.offsets.clone()))
+    }
+
+    /// Waits until what [`Progress::snapshot`] says may have changed since this handle last
+    /// looked.
+    pub async fn changed(&mut self) {
+        if self.view.changed().await.is_err() {
+            // The listener lives as long as the process; should it be gone, nothing changes.
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Whether every position has been applied to the active generation's read models.
     pub fn reached(&self, positions: &[Position]) -> bool {
         reached(&self.view.borrow().offsets, positions)

@@ -9,7 +9,7 @@
 use chronicle_events::Envelope;
 use chronicle_infra::db::is_transient;
 use chronicle_infra::progress::{CHANNEL, notification_payload};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::{Pool, Transaction};
 use uuid::Uuid;
@@ -286,6 +286,17 @@ impl Partition<'_> {
         let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
         tx.execute(&notify, &[&CHANNEL, &note]).await?;
         deltas.write(&tx, &schema, layout).await?;
+        if layout.streams {
+            // An event appended twice (a retried command) was applied at its first offset.
+            let mut offsets = HashMap::with_capacity(candidates.len());
+            for (record, envelope) in &candidates {
+                offsets.entry(envelope.event_id).or_insert(record.offset);
+            }
+            deltas
+                .pushes
+                .write(&tx, &schema, self.partition, &offsets)
+                .await?;
+        }
         tx.commit().await?;
         Ok(Outcome::Applied {
             next,

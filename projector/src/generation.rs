@@ -19,7 +19,13 @@ use deadpool_postgres::{GenericClient, Pool};
 ///
 /// - 1: profiles, posts, likes, follows, replies and their counters.
 /// - 2: adds notifications (`sql/notifications.sql`) and search (`sql/search.sql`).
-pub const PROJECTION_VERSION: i32 = 2;
+/// - 3: adds what live streams push (`sql/streams.sql`).
+pub const PROJECTION_VERSION: i32 = 3;
+
+/// The oldest version a generation that holds read models can be brought to
+/// [`PROJECTION_VERSION`] from in place: what later versions add starts empty (the stream holds
+/// what happens from now on), so it needs no history. Older ones need `projector rebuild`.
+const IN_PLACE_FROM: i32 = 2;
 
 /// The tables a generation has, from the projection version that built it. A projector keeps
 /// applying events to an older active generation in that generation's own layout, so the read
@@ -30,6 +36,8 @@ pub(crate) struct Layout {
     pub(crate) notifications: bool,
     /// Version 2 and later: `post_search` and `user_search`.
     pub(crate) search: bool,
+    /// Version 3 and later: `stream`.
+    pub(crate) streams: bool,
 }
 
 impl Layout {
@@ -38,6 +46,7 @@ impl Layout {
         Layout {
             notifications: version >= 2,
             search: version >= 2,
+            streams: version >= 3,
         }
     }
 
@@ -65,6 +74,7 @@ const ADDED_BY_VERSION: &[(i32, &str)] = &[
     (1, include_str!("../sql/read_models.sql")),
     (2, include_str!("../sql/notifications.sql")),
     (2, include_str!("../sql/search.sql")),
+    (3, include_str!("../sql/streams.sql")),
 ];
 
 /// The DDL that takes a generation of version `from` (0: nothing yet) to [`PROJECTION_VERSION`].
@@ -159,13 +169,15 @@ pub(crate) async fn active_held(
         .map(|row| (row.get(0), row.get(1))))
 }
 
-/// Brings an active generation that has never applied an event (a new database: migration 0005
-/// made g1 in the layout of version 1) to this code's layout in place. One that holds read
-/// models stays as it is, and reaches the new layout through `projector rebuild`.
+/// Brings the active generation to this code's layout in place where that needs no history:
+/// one that has never applied an event (a new database: migration 0005 made g1 in the layout of
+/// version 1), or one of version [`IN_PLACE_FROM`] or later. One of an older version that holds
+/// read models stays as it is, and reaches the new layout through `projector rebuild`.
 ///
 /// It looks before it locks: a batch of a projector that died mid-transaction may hold the
-/// generation's row `FOR SHARE` until PostgreSQL notices, and a start-up must not wait for that.
-pub(crate) async fn upgrade_if_empty(pool: &Pool) -> anyhow::Result<()> {
+/// generation's row `FOR SHARE` until PostgreSQL notices, and a start-up must not wait for that
+/// when there is nothing to do.
+pub(crate) async fn upgrade_in_place(pool: &Pool) -> anyhow::Result<()> {
     let mut client = pool.get().await?;
     let active = "SELECT name, code_version FROM projection.generations WHERE state = 'active'";
     let Some(row) = client.query_opt(active, &[]).await? else {
@@ -180,7 +192,8 @@ pub(crate) async fn upgrade_if_empty(pool: &Pool) -> anyhow::Result<()> {
         "SELECT EXISTS (SELECT 1 FROM {schema}.applied_events)
              OR EXISTS (SELECT 1 FROM projection.offsets WHERE generation = $1 AND next_offset > 0)"
     );
-    if client.query_one(&used, &[&name]).await?.get(0) {
+    let needs_empty = version < IN_PLACE_FROM;
+    if needs_empty && client.query_one(&used, &[&name]).await?.get(0) {
         tracing::warn!(
             generation = %name,
             built_by = version,
@@ -191,22 +204,23 @@ pub(crate) async fn upgrade_if_empty(pool: &Pool) -> anyhow::Result<()> {
         return Ok(());
     }
     let tx = client.transaction().await?;
-    // Only a new database gets here; should its generation's row be held, this start fails
-    // (and the next one tries again) rather than hang.
+    // Should the generation's row be held by a batch that does not end, this start fails (and
+    // the next one tries again) rather than hang.
     tx.batch_execute("SET LOCAL lock_timeout = '10s'").await?;
     let row = tx
         .query_opt(&format!("{active} AND name = $1 FOR UPDATE"), &[&name])
         .await
         .context("cannot lock the active generation to bring it up to date")?;
-    // Switched, upgraded or written to meanwhile by another process: nothing to do here.
+    // Switched, upgraded or (one that had to be empty) written to meanwhile by another process:
+    // nothing to do here.
     if row.is_none_or(|row| row.get::<_, i32>(1) != version)
-        || tx.query_one(&used, &[&name]).await?.get(0)
+        || (needs_empty && tx.query_one(&used, &[&name]).await?.get(0))
     {
         return Ok(());
     }
     tx.batch_execute(&ddl_after(version, &schema))
         .await
-        .with_context(|| format!("failed to bring the empty generation {name} up to date"))?;
+        .with_context(|| format!("failed to bring generation {name} up to date"))?;
     tx.execute(
         "UPDATE projection.generations SET code_version = $2 WHERE name = $1",
         &[&name, &PROJECTION_VERSION],
@@ -217,7 +231,7 @@ pub(crate) async fn upgrade_if_empty(pool: &Pool) -> anyhow::Result<()> {
         generation = %name,
         from = version,
         to = PROJECTION_VERSION,
-        "brought the empty generation up to date in place"
+        "brought the active generation up to date in place"
     );
     Ok(())
 }

@@ -183,10 +183,10 @@ pub enum DeadLetterCommand {
 }
 
 /// Migrates the schema (waiting at most `patience` for another process's migration), then
-/// brings a new database's empty generation up to this code's layout.
+/// brings the active generation up to this code's layout where that needs no rebuild.
 async fn prepare(pool: &Pool, patience: Duration) -> anyhow::Result<()> {
     migrate(pool, SCHEMA, MIGRATIONS, patience).await?;
-    generation::upgrade_if_empty(pool).await
+    generation::upgrade_in_place(pool).await
 }
 
 impl Config {

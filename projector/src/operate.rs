@@ -380,6 +380,8 @@ async fn decide(pool: &Pool, topic: &str, id: i64, decision: Decision) -> anyhow
             }
         }
     }
+    // What these events would push to live streams is not written: their offsets are behind
+    // what every stream has passed (see `projection::stream`).
     deltas.write(&tx, &schema, layout).await?;
     // Readers waiting on this partition re-check; the stored offset itself did not move.
     let stored: i64 = tx

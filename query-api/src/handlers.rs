@@ -225,7 +225,7 @@ impl Read<'_> {
         .await)
     }
 
-    async fn require_user(&self, user_id: Uuid) -> Result<(), Problem> {
+    pub(crate) async fn require_user(&self, user_id: Uuid) -> Result<(), Problem> {
         let rows = self
             .query("SELECT 1 FROM {s}.users WHERE user_id = $1", &[&user_id])
             .await?;
@@ -355,17 +355,22 @@ const POSTS_PAGE: &str = "AND (p.published_at, p.post_id) < ($1, $2)
     ORDER BY p.published_at DESC, p.post_id DESC LIMIT $3";
 
 pub(crate) fn post_from(row: &Row) -> Post {
+    post_at(row, 0)
+}
+
+/// The post in the columns of [`POSTS`], starting at column `at`.
+pub(crate) fn post_at(row: &Row, at: usize) -> Post {
     Post {
-        post_id: row.get(0),
-        body: row.get(1),
-        published_at: timestamp(row.get(2)),
-        like_count: row.get(3),
-        reply_to: row.get(7),
-        reply_count: row.get(8),
+        post_id: row.get(at),
+        body: row.get(at + 1),
+        published_at: timestamp(row.get(at + 2)),
+        like_count: row.get(at + 3),
+        reply_to: row.get(at + 7),
+        reply_count: row.get(at + 8),
         author: UserSummary {
-            user_id: row.get(4),
-            handle: row.get(5),
-            display_name: row.get(6),
+            user_id: row.get(at + 4),
+            handle: row.get(at + 5),
+            display_name: row.get(at + 6),
         },
     }
 }

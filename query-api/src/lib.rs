@@ -11,6 +11,7 @@ mod handlers;
 mod notifications;
 mod openapi;
 mod search;
+mod stream;
 
 pub use openapi::document as openapi_document;
 
@@ -65,6 +66,25 @@ pub struct Config {
     #[arg(long = "token-verify-key-files", env = "CHRONICLE_TOKEN_VERIFY_KEY_FILES",
           value_parser = verify_key_files)]
     pub token_verify_keys: VerifyKeys,
+    /// `CHRONICLE_STREAM_HEARTBEAT_MS`: how often a live stream sends a comment line when it
+    /// has nothing else to send, 100 to 15000 (default 10000).
+    #[arg(
+        long = "stream-heartbeat-ms",
+        env = "CHRONICLE_STREAM_HEARTBEAT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(100..=15_000)
+    )]
+    pub stream_heartbeat_ms: u64,
+    /// `CHRONICLE_STREAM_BUFFER`: messages held for one live stream whose client has not taken
+    /// them yet, 4 to 65536 (default 256); a client further behind is cut off and resumes from
+    /// its last id.
+    #[arg(
+        long = "stream-buffer",
+        env = "CHRONICLE_STREAM_BUFFER",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(4..=65_536)
+    )]
+    pub stream_buffer: u32,
     /// `CHRONICLE_LOG_FORMAT`: `text` (default) or `json`.
     #[arg(
         long = "log-format",
@@ -101,6 +121,8 @@ pub(crate) struct Shared {
     progress: Progress,
     consistency_wait: Duration,
     tokens: CachingVerifier,
+    hub: Arc<stream::Hub>,
+    heartbeat: Duration,
 }
 
 impl std::ops::Deref for AppState {
@@ -115,6 +137,7 @@ impl std::ops::Deref for AppState {
 pub struct Application {
     server: Server,
     router: Router,
+    hub: Arc<stream::Hub>,
 }
 
 impl Application {
@@ -132,18 +155,24 @@ impl Application {
         let pool = config.database.read_only_pool()?;
         chronicle_infra::db::report_pool_usage(&pool, "query");
         let progress = Progress::follow(config.database.pg_config()?, config.topic.clone());
+        let hub = Arc::new(stream::Hub::new(config.stream_buffer as usize));
+        hub.spawn(config.database.pg_config()?, progress.clone())?;
         let state = AppState(Arc::new(Shared {
             pool,
             progress,
+            hub,
+            heartbeat: Duration::from_millis(config.stream_heartbeat_ms),
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
             // No HS256 secret: whoever holds it can make tokens, which this service must not.
             tokens: CachingVerifier::new(Verifier::new(&config.token_verify_keys.0, None)),
         }));
+        let hub = Arc::clone(&state.hub);
         let server = Server::bind("query-api", config.addr).await?;
         let router = limit_requests(router(state), &config.limits);
         Ok(Application {
             server,
             router: with_common_layers(router, metrics, Some(openapi::document())),
+            hub,
         })
     }
 
@@ -152,11 +181,17 @@ impl Application {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish. Live streams,
+    /// which never finish by themselves, end then (their clients resume elsewhere or later).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let hub = self.hub;
+        let shutdown = async move {
+            shutdown.await;
+            hub.close();
+        };
         self.server.serve(self.router, shutdown).await
     }
 }
@@ -181,5 +216,8 @@ fn router(state: AppState) -> Router {
             "/v1/me/notifications/unread-count",
             get(notifications::unread_count),
         )
+        .route("/v1/feed/stream", get(stream::feed))
+        .route("/v1/users/{user_id}/timeline/stream", get(stream::timeline))
+        .route("/v1/me/notifications/stream", get(stream::notifications))
         .with_state(state)
 }

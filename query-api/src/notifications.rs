@@ -91,18 +91,26 @@ pub(crate) async fn list(
         at: row.get(3),
         id: row.get(0),
     };
-    Ok(Json(page(rows, read.limit, key, |row| Notification {
-        notification_id: row.get(0),
-        kind: row.get(1),
-        post_id: row.get(2),
-        created_at: timestamp(row.get(3)),
-        actor: UserSummary {
-            user_id: row.get(4),
-            handle: row.get(5),
-            display_name: row.get(6),
-        },
-        read: row.get(7),
+    Ok(Json(page(rows, read.limit, key, |row| {
+        notification_at(row, 0)
     })))
+}
+
+/// The notification in eight columns from column `at`: id, kind, post, time, the actor's id,
+/// handle and display name, and whether it is read.
+pub(crate) fn notification_at(row: &Row, at: usize) -> Notification {
+    Notification {
+        notification_id: row.get(at),
+        kind: row.get(at + 1),
+        post_id: row.get(at + 2),
+        created_at: timestamp(row.get(at + 3)),
+        actor: UserSummary {
+            user_id: row.get(at + 4),
+            handle: row.get(at + 5),
+            display_name: row.get(at + 6),
+        },
+        read: row.get(at + 7),
+    }
 }
 
 /// `GET /v1/me/notifications/unread-count`.

@@ -7,7 +7,7 @@ use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, T
 use utoipa::openapi::{RefOr, Required};
 use utoipa::{Modify, OpenApi};
 
-use crate::{handlers, notifications, search};
+use crate::{handlers, notifications, search, stream};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,9 @@ use crate::{handlers, notifications, search};
         search::users,
         notifications::list,
         notifications::unread_count,
+        stream::feed,
+        stream::timeline,
+        stream::notifications,
     ),
     components(schemas(ProblemBody)),
     modifiers(&BearerAuth, &SharedProblems, &Constraints),
@@ -40,6 +43,7 @@ use crate::{handlers, notifications, search};
         (name = "posts", description = "Posts, feeds and likes"),
         (name = "search", description = "Posts by full text, users by handle and display name"),
         (name = "notifications", description = "The caller's notifications (bearer token)"),
+        (name = "streams", description = "Server-sent events: the feed, a timeline and the caller's notifications, live, resumable"),
     )
 )]
 struct ApiDoc;
@@ -138,7 +142,7 @@ mod tests {
                 .is_some_and(|v| v.starts_with("3.1"))
         );
         let paths = json["paths"].as_object().expect("paths");
-        assert_eq!(paths.len(), 13, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 16, "{:?}", paths.keys().collect::<Vec<_>>());
         for path in paths.values() {
             assert!(path["get"].is_object());
         }

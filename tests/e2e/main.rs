@@ -24,6 +24,7 @@ mod model;
 mod postgres;
 
 mod auth;
+mod browser;
 mod cleanup;
 mod consistency;
 mod crash;
@@ -45,6 +46,7 @@ mod proxies;
 mod rebuild;
 mod scenario;
 mod search;
+mod streams;
 mod tls;
 mod upgrade;
 mod validation;

@@ -4,7 +4,8 @@
 //! then `projector rebuild`. Until the rebuild the old generation keeps serving what it always
 //! served, and notifications and search answer 503; after it, notifications of acts from before
 //! the upgrade are there, as are those of acts between the upgrade and the rebuild, and search
-//! finds what was written before.
+//! finds what was written before. Live streams (projection version 3) need no rebuild: a
+//! generation of version 2 gets them in place.
 
 use serde_json::Value;
 
@@ -96,6 +97,9 @@ async fn a_rebuild_fills_notifications_from_the_whole_history_while_the_old_gene
         .assert_problem(503, "stale_read");
     let search_hello = || app.send(app.query("/v1/search/posts").query(&[("q", "hello")]));
     search_hello().await.assert_problem(503, "stale_read");
+    app.get("/v1/feed/stream", NO_POSITIONS)
+        .await
+        .assert_problem(503, "stale_read");
     // Commands go on meanwhile: carol likes bob's post on the old generation.
     let liked = app.like(&app.token_for(&carol), &bobs, NO_POSITIONS).await;
     liked.assert_status(202);
@@ -110,7 +114,7 @@ async fn a_rebuild_fills_notifications_from_the_whole_history_while_the_old_gene
     let (_, list, _) = app.projector_cli(&["generations", "list"]).await;
     assert!(
         list.contains("g1\tretired\tprojection code v1\t")
-            && list.contains("g2\tactive\tprojection code v2\t"),
+            && list.contains("g2\tactive\tprojection code v3\t"),
         "{list}"
     );
 
@@ -154,10 +158,64 @@ async fn a_rebuild_fills_notifications_from_the_whole_history_while_the_old_gene
     let profile_after = app.get_user(&alice, NO_POSITIONS).await;
     assert_eq!(profile_after.body, profile_before.body);
 
-    // And the live projector goes on in the new layout: a follow after the rebuild notifies.
+    // And the live projector goes on in the new layout: a follow after the rebuild notifies,
+    // also live.
+    let mut bobs_stream = app
+        .open_stream(
+            "/v1/me/notifications/stream",
+            None,
+            Some(&app.token_for(&bob)),
+        )
+        .await;
     let followed = app.follow(&app.token_for(&carol), &bob, NO_POSITIONS).await;
     followed.assert_status(202);
     let (after, unread) = notified(&app, &bob, &[followed.str_field("position")]).await;
     assert_eq!(after[0], ("followed".to_owned(), carol.clone(), None));
     assert_eq!(unread, 4);
+    let (event, data) = bobs_stream
+        .next_message(std::time::Duration::from_secs(60))
+        .await
+        .expect("the follow's notification, live");
+    assert_eq!(event, "notification");
+    assert_eq!(data["actor"]["user_id"], carol.as_str());
+}
+
+#[tokio::test]
+async fn a_generation_of_version_2_gets_live_streams_in_place_when_the_projector_starts() {
+    // Arrange: a generation with read models, as projection version 2 left it: no stream.
+    let app = TestApp::spawn().await;
+    let alice = app.register_user("alice", "Alice").await;
+    let before = app.publish_post(&alice, "before streams").await;
+    app.wait_for(std::slice::from_ref(&before.position)).await;
+    app.kill_projector();
+    let db = app.db().await;
+    db.batch_execute(
+        "DROP TABLE read_g1.stream;
+         DROP INDEX read_g1.notifications_by_actor;
+         UPDATE projection.generations SET code_version = 2 WHERE name = 'g1';",
+    )
+    .await
+    .expect("make g1 a generation of version 2");
+    app.get("/v1/feed/stream", NO_POSITIONS)
+        .await
+        .assert_problem(503, "stale_read");
+
+    // Act: the new projector starts.
+    app.start_projector().await;
+
+    // Assert: the same generation, now of version 3, keeps its read models and streams what
+    // happens from now on.
+    let (_, list, _) = app.projector_cli(&["generations", "list"]).await;
+    assert!(list.contains("g1\tactive\tprojection code v3\t"), "{list}");
+    let mut feed = app.open_stream("/v1/feed/stream", None, None).await;
+    let after = app.publish_post(&alice, "after streams").await;
+    let (event, data) = feed
+        .next_message(std::time::Duration::from_secs(60))
+        .await
+        .expect("the new post, live");
+    assert_eq!(event, "post");
+    assert_eq!(data["post_id"], after.id.as_str());
+    app.get_post(&before.id, NO_POSITIONS)
+        .await
+        .assert_status(200);
 }

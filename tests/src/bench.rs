@@ -19,5 +19,6 @@ pub use fixture::{
 pub use load::{ClosedLoop, Freshness, Latencies, closed_loop, measure_time, open_loop, run_all};
 pub use process::{
     CpuShare, CpuUse, JvmMemory, broker_jit_seconds, broker_memory, broker_pid, peak_rss_mib,
+    rss_mib,
 };
 pub use report::{Goal, Measure};

@@ -1,12 +1,13 @@
 //! Counter changes: collected while a batch is applied, then written once, in user-id order, so
 //! that batches of different partitions that touch the same users never deadlock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::Error;
 use uuid::Uuid;
 
+use super::stream::Pushes;
 use super::{notify, write_post_deltas};
 use crate::generation::{Layout, q};
 
@@ -32,11 +33,23 @@ pub(crate) struct CounterDeltas {
     /// the counters (see [`super::notify`]).
     published: Vec<Uuid>,
     deleted: Vec<Uuid>,
+    /// Users whose counters row the batch takes even without a change (their registration:
+    /// see [`super::stream`]).
+    touched: BTreeSet<Uuid>,
+    /// What the batch's events push to live streams (projection version 3), written by the
+    /// batch, which knows their offsets.
+    pub(crate) pushes: Pushes,
 }
 
 impl CounterDeltas {
     pub(super) fn add(&mut self, user: Uuid, counter: usize, by: i64) {
         self.users.entry(user).or_default()[counter] += by;
+    }
+
+    /// Takes `user`'s counters row in this batch, changed or not.
+    pub(super) fn touch(&mut self, user: Uuid) {
+        self.users.entry(user).or_default();
+        self.touched.insert(user);
     }
 
     pub(super) fn add_reply(&mut self, parent: Uuid, by: i64) {
@@ -71,6 +84,8 @@ impl CounterDeltas {
         }
         self.published.extend(other.published);
         self.deleted.extend(other.deleted);
+        self.touched.extend(other.touched);
+        self.pushes.merge(other.pushes);
     }
 
     /// Writes the changes. Like counts first: they live on the post's row, which only this
@@ -83,7 +98,7 @@ impl CounterDeltas {
     /// its own `post_counters` row (a change of 0), and the reply notifications are settled
     /// after that: the rows are where two batches that publish a reply and its parent meet.
     pub(crate) async fn write(
-        &self,
+        &mut self,
         tx: &Transaction<'_>,
         schema: &str,
         layout: Layout,
@@ -98,6 +113,13 @@ impl CounterDeltas {
              WHERE p.post_id = d.post_id AND p.deleted_at IS NULL",
         )
         .await?;
+        if layout.streams {
+            // The users the batch's messages wait for meet their registration's batch at their
+            // counters row, even where their changes cancel out (see `super::stream`).
+            for user in self.pushes.needed_users() {
+                self.touch(user);
+            }
+        }
         self.write_users(tx, schema).await?;
         let settle =
             layout.notifications && !(self.published.is_empty() && self.deleted.is_empty());
@@ -119,7 +141,14 @@ impl CounterDeltas {
         )
         .await?;
         if settle {
-            notify::settle_replies(tx, schema, &self.published, &self.deleted).await?;
+            let replied =
+                notify::settle_replies(tx, schema, &self.published, &self.deleted).await?;
+            for (id, recipient, actor, parent) in replied {
+                self.pushes.notified_of_reply(id, recipient, actor, parent);
+            }
+        }
+        if layout.streams {
+            self.pushes.settle(tx, schema).await?;
         }
         Ok(())
     }
@@ -128,7 +157,7 @@ impl CounterDeltas {
         let changed: Vec<(&Uuid, &Deltas)> = self
             .users
             .iter()
-            .filter(|(_, d)| d.iter().any(|n| *n != 0))
+            .filter(|(user, d)| d.iter().any(|n| *n != 0) || self.touched.contains(*user))
             .collect();
         if changed.is_empty() {
             return Ok(());

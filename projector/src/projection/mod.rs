@@ -27,6 +27,7 @@ mod notify;
 mod plan;
 mod search;
 mod step;
+mod stream;
 
 use std::collections::BTreeMap;
 

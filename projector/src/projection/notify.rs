@@ -20,7 +20,8 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Error;
 use uuid::Uuid;
 
-use super::execute;
+use super::stream::Pushes;
+use super::{execute, query};
 
 /// Notifies the authors of newly liked posts. `new` holds the likes that were not there before
 /// (post, liker, author); `events` the step's likes with their time and event id.
@@ -29,6 +30,7 @@ pub(super) async fn liked(
     schema: &str,
     events: &[(&PostLiked, DateTime<Utc>, Uuid)],
     new: &[(Uuid, Uuid, Uuid)],
+    pushes: &mut Pushes,
 ) -> Result<(), Error> {
     // Within a step, a (post, user) pair is liked at most once (the planner's `Like` row).
     let by_like: HashMap<(Uuid, Uuid), (DateTime<Utc>, Uuid)> = events
@@ -44,7 +46,7 @@ pub(super) async fn liked(
             rows.push(*id, *author, *liker, Some(*post), *at);
         }
     }
-    rows.insert(tx, schema, "liked").await
+    rows.insert(tx, schema, "liked", pushes).await
 }
 
 /// Withdraws the notifications of the likes `(posts[i], users[i])`.
@@ -87,6 +89,7 @@ pub(super) async fn followed(
     schema: &str,
     events: &[(&UserFollowed, DateTime<Utc>, Uuid)],
     new: &[(Uuid, Uuid)],
+    pushes: &mut Pushes,
 ) -> Result<(), Error> {
     let by_follow: HashMap<(Uuid, Uuid), (DateTime<Utc>, Uuid)> = events
         .iter()
@@ -101,7 +104,7 @@ pub(super) async fn followed(
             rows.push(*id, *followee, *follower, None, *at);
         }
     }
-    rows.insert(tx, schema, "followed").await
+    rows.insert(tx, schema, "followed", pushes).await
 }
 
 /// Withdraws the notifications of the follows `(followers[i], followees[i])`.
@@ -145,13 +148,14 @@ pub(super) async fn mark_read(
 /// Brings the notifications of replies in line with the posts `published` and `deleted` in this
 /// batch: a reply notifies its parent's author while both posts are live and their authors
 /// differ. Runs after the batch holds the `post_counters` rows of those posts and of their
-/// parents (see the module's documentation).
+/// parents (see the module's documentation). Returns the notifications made: id (the reply),
+/// recipient, actor (the reply's author), parent.
 pub(crate) async fn settle_replies(
     tx: &Transaction<'_>,
     schema: &str,
     published: &[Uuid],
     deleted: &[Uuid],
-) -> Result<(), Error> {
+) -> Result<Vec<(Uuid, Uuid, Uuid, Uuid)>, Error> {
     if !deleted.is_empty() {
         // A deleted reply, or a reply to a deleted post, notifies nobody.
         execute(
@@ -165,13 +169,15 @@ pub(crate) async fn settle_replies(
         )
         .await?;
     }
-    if !published.is_empty() {
-        // The batch's replies whose parent is here, and the replies already here to the batch's
-        // posts.
-        execute(
-            tx,
-            schema,
-            "INSERT INTO {s}.notifications
+    if published.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The batch's replies whose parent is here, and the replies already here to the batch's
+    // posts.
+    let made = query(
+        tx,
+        schema,
+        "INSERT INTO {s}.notifications
                  (notification_id, recipient_id, kind, actor_id, post_id, created_at)
              SELECT r.post_id, p.author_id, 'replied', r.author_id, r.post_id, r.published_at
              FROM (SELECT * FROM {s}.posts WHERE post_id = ANY($1) AND reply_to IS NOT NULL
@@ -179,12 +185,16 @@ pub(crate) async fn settle_replies(
                    SELECT * FROM {s}.posts WHERE reply_to = ANY($1)) r
              JOIN {s}.posts p ON p.post_id = r.reply_to
              WHERE r.deleted_at IS NULL AND p.deleted_at IS NULL AND r.author_id <> p.author_id
-             ON CONFLICT DO NOTHING",
-            &[&published],
-        )
-        .await?;
-    }
-    Ok(())
+             ON CONFLICT DO NOTHING
+             RETURNING notification_id, recipient_id, actor_id,
+                 (SELECT reply_to FROM {s}.posts WHERE post_id = notification_id)",
+        &[&published],
+    )
+    .await?;
+    Ok(made
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .collect())
 }
 
 /// Notifications to insert, as columns.
@@ -214,10 +224,20 @@ impl Rows {
     }
 
     /// Inserts the rows as notifications of `kind`; one already there stays as it is (the
-    /// event was applied before).
-    async fn insert(&self, tx: &Transaction<'_>, schema: &str, kind: &str) -> Result<(), Error> {
+    /// event was applied before). Each is pushed to its recipient's stream; a notification's
+    /// id is the id of the event that made it.
+    async fn insert(
+        &self,
+        tx: &Transaction<'_>,
+        schema: &str,
+        kind: &str,
+        pushes: &mut Pushes,
+    ) -> Result<(), Error> {
         if self.ids.is_empty() {
             return Ok(());
+        }
+        for ((id, recipient), actor) in self.ids.iter().zip(&self.recipients).zip(&self.actors) {
+            pushes.notified(*id, *id, *recipient, *actor);
         }
         execute(
             tx,

@@ -1,6 +1,8 @@
 //! One step of a batch: events that touch pairwise different rows, applied with one set-based
 //! statement per event type.
 
+use std::collections::HashMap;
+
 use chronicle_events::{
     Envelope, Event, NotificationsRead, PostDeleted, PostLiked, PostPublished, PostUnliked,
     ProfileUpdated, UserFollowed, UserRegistered, UserUnfollowed,
@@ -17,10 +19,10 @@ use crate::generation::Layout;
 /// Events that touch pairwise different rows, by type.
 #[derive(Default)]
 pub(super) struct Step<'a> {
-    registered: Vec<(&'a UserRegistered, DateTime<Utc>)>,
+    registered: Vec<(&'a UserRegistered, DateTime<Utc>, Uuid)>,
     profiles: Vec<&'a ProfileUpdated>,
-    published: Vec<(&'a PostPublished, DateTime<Utc>)>,
-    deleted: Vec<(&'a PostDeleted, DateTime<Utc>)>,
+    published: Vec<(&'a PostPublished, DateTime<Utc>, Uuid)>,
+    deleted: Vec<(&'a PostDeleted, DateTime<Utc>, Uuid)>,
     liked: Vec<(&'a PostLiked, DateTime<Utc>, Uuid)>,
     unliked: Vec<&'a PostUnliked>,
     followed: Vec<(&'a UserFollowed, DateTime<Utc>, Uuid)>,
@@ -32,10 +34,10 @@ impl<'a> Step<'a> {
     pub(super) fn push(&mut self, envelope: &'a Envelope) {
         let (at, id) = (envelope.occurred_at, envelope.event_id);
         match &envelope.event {
-            Event::UserRegistered(e) => self.registered.push((e, at)),
+            Event::UserRegistered(e) => self.registered.push((e, at, id)),
             Event::ProfileUpdated(e) => self.profiles.push(e),
-            Event::PostPublished(e) => self.published.push((e, at)),
-            Event::PostDeleted(e) => self.deleted.push((e, at)),
+            Event::PostPublished(e) => self.published.push((e, at, id)),
+            Event::PostDeleted(e) => self.deleted.push((e, at, id)),
             Event::PostLiked(e) => self.liked.push((e, at, id)),
             Event::PostUnliked(e) => self.unliked.push(e),
             Event::UserFollowed(e) => self.followed.push((e, at, id)),
@@ -52,7 +54,7 @@ impl<'a> Step<'a> {
         deltas: &mut CounterDeltas,
     ) -> Result<(), Error> {
         if !self.registered.is_empty() {
-            self.register(tx, schema, layout).await?;
+            self.register(tx, schema, layout, deltas).await?;
         }
         if !self.profiles.is_empty() {
             self.update_profiles(tx, schema, layout).await?;
@@ -81,32 +83,49 @@ impl<'a> Step<'a> {
         Ok(())
     }
 
+    /// Registers users. With streams, each takes its counters row, where the batches of its
+    /// acts meet it (see [`super::stream`]).
     async fn register(
         &self,
         tx: &Transaction<'_>,
         schema: &str,
         layout: Layout,
+        deltas: &mut CounterDeltas,
     ) -> Result<(), Error> {
         let events = &self.registered;
-        let users: Vec<Uuid> = events.iter().map(|(e, _)| e.user_id).collect();
-        let handles: Vec<&str> = events.iter().map(|(e, _)| e.handle.as_str()).collect();
+        let users: Vec<Uuid> = events.iter().map(|(e, _, _)| e.user_id).collect();
+        let handles: Vec<&str> = events.iter().map(|(e, _, _)| e.handle.as_str()).collect();
         let names: Vec<&str> = events
             .iter()
-            .map(|(e, _)| e.display_name.as_str())
+            .map(|(e, _, _)| e.display_name.as_str())
             .collect();
-        let bios: Vec<&str> = events.iter().map(|(e, _)| e.bio.as_str()).collect();
-        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at)| *at).collect();
-        execute(
+        let bios: Vec<&str> = events.iter().map(|(e, _, _)| e.bio.as_str()).collect();
+        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at, _)| *at).collect();
+        let new: Vec<Uuid> = query(
             tx,
             schema,
             "INSERT INTO {s}.users (user_id, handle, display_name, bio, joined_at)
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-             ON CONFLICT (user_id) DO NOTHING",
+             ON CONFLICT (user_id) DO NOTHING
+             RETURNING user_id",
             &[&users, &handles, &names, &bios, &at],
         )
-        .await?;
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
         if layout.search {
             search::registered(tx, schema, &users, &handles, &names).await?;
+        }
+        if layout.streams {
+            let by_user: HashMap<Uuid, Uuid> =
+                events.iter().map(|(e, _, id)| (e.user_id, *id)).collect();
+            for user in new {
+                deltas.touch(user);
+                if let Some(event) = by_user.get(&user) {
+                    deltas.pushes.registered(*event, user);
+                }
+            }
         }
         Ok(())
     }
@@ -148,11 +167,11 @@ impl<'a> Step<'a> {
         deltas: &mut CounterDeltas,
     ) -> Result<(), Error> {
         let events = &self.published;
-        let posts: Vec<Uuid> = events.iter().map(|(e, _)| e.post_id).collect();
-        let authors: Vec<Uuid> = events.iter().map(|(e, _)| e.author_id).collect();
-        let bodies: Vec<&str> = events.iter().map(|(e, _)| e.body.as_str()).collect();
-        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at)| *at).collect();
-        let parents: Vec<Option<Uuid>> = events.iter().map(|(e, _)| e.reply_to).collect();
+        let posts: Vec<Uuid> = events.iter().map(|(e, _, _)| e.post_id).collect();
+        let authors: Vec<Uuid> = events.iter().map(|(e, _, _)| e.author_id).collect();
+        let bodies: Vec<&str> = events.iter().map(|(e, _, _)| e.body.as_str()).collect();
+        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at, _)| *at).collect();
+        let parents: Vec<Option<Uuid>> = events.iter().map(|(e, _, _)| e.reply_to).collect();
         let rows = query(
             tx,
             schema,
@@ -163,14 +182,21 @@ impl<'a> Step<'a> {
             &[&posts, &authors, &bodies, &at, &parents],
         )
         .await?;
+        // Within a step, a post is published at most once (the planner's `Post` row).
+        let by_post: HashMap<Uuid, Uuid> =
+            events.iter().map(|(e, _, id)| (e.post_id, *id)).collect();
         let mut new = Vec::with_capacity(rows.len());
         for row in rows {
-            deltas.add(row.get(0), POSTS, 1);
+            let (author, post): (Uuid, Uuid) = (row.get(0), row.get(2));
+            deltas.add(author, POSTS, 1);
             if let Some(parent) = row.get::<_, Option<Uuid>>(1) {
                 deltas.add_reply(parent, 1);
             }
-            deltas.published(row.get(2));
-            new.push(row.get(2));
+            deltas.published(post);
+            if let Some(event) = by_post.get(&post) {
+                deltas.pushes.published(*event, post, author);
+            }
+            new.push(post);
         }
         if layout.search && !new.is_empty() {
             search::published(tx, schema, &new).await?;
@@ -188,8 +214,10 @@ impl<'a> Step<'a> {
         deltas: &mut CounterDeltas,
     ) -> Result<(), Error> {
         let events = &self.deleted;
-        let posts: Vec<Uuid> = events.iter().map(|(e, _)| e.post_id).collect();
-        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at)| *at).collect();
+        let posts: Vec<Uuid> = events.iter().map(|(e, _, _)| e.post_id).collect();
+        let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at, _)| *at).collect();
+        let by_post: HashMap<Uuid, Uuid> =
+            events.iter().map(|(e, _, id)| (e.post_id, *id)).collect();
         let rows = query(
             tx,
             schema,
@@ -217,11 +245,15 @@ impl<'a> Step<'a> {
                     deltas.add(author, LIKES_RECEIVED, -1);
                 }
                 None => {
+                    let post: Uuid = row.get(3);
                     deltas.add(author, POSTS, -1);
                     if let Some(parent) = row.get::<_, Option<Uuid>>(1) {
                         deltas.add_reply(parent, -1);
                     }
-                    deltas.deleted(row.get(3));
+                    deltas.deleted(post);
+                    if let Some(event) = by_post.get(&post) {
+                        deltas.pushes.deleted(*event, post, author);
+                    }
                 }
             }
         }
@@ -271,7 +303,7 @@ impl<'a> Step<'a> {
             new.push((post, liker, author));
         }
         if layout.notifications {
-            notify::liked(tx, schema, events, &new).await?;
+            notify::liked(tx, schema, events, &new, &mut deltas.pushes).await?;
         }
         Ok(())
     }
@@ -340,7 +372,7 @@ impl<'a> Step<'a> {
             new.push((follower, followee));
         }
         if layout.notifications {
-            notify::followed(tx, schema, events, &new).await?;
+            notify::followed(tx, schema, events, &new, &mut deltas.pushes).await?;
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! `min_position` for the position the command answered with; from when the command was due,
 //! and from its 202.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chronicle_tests::bench::{Freshness, Result, open_loop};
@@ -9,21 +10,26 @@ use serde_json::{Value, json};
 
 use crate::services::{Stack, User};
 
+/// What is told of each post's 202: its id and when the 202 came.
+pub(crate) type Acked = Arc<dyn Fn(&str, Instant) + Send + Sync>;
+
 /// Publishes `rate` posts per second for `duration`, each by the next user; each post is read
 /// back with its position, and the time from when the command was due (and from its 202) to
-/// the read's answer is the freshness.
+/// the read's answer is the freshness. `acked`, if any, hears of each 202.
 pub(crate) async fn measure(
     stack: &Stack,
     users: &[User],
     rate: u64,
     duration: Duration,
+    acked: Option<Acked>,
 ) -> Result<Freshness> {
     let (samples, failures) = open_loop(rate as f64, duration, |n, due| {
         let user = users[n as usize % users.len()].clone();
-        let (http, command, query) = (
+        let (http, command, query, acked) = (
             stack.http.clone(),
             stack.command.clone(),
             stack.query.clone(),
+            acked.clone(),
         );
         async move {
             let sent = http
@@ -41,6 +47,9 @@ pub(crate) async fn measure(
             else {
                 return Err(format!("command: {status} {answer}"));
             };
+            if let Some(acked) = &acked {
+                acked(post, acknowledged);
+            }
             let read = http
                 .get(format!("{query}/v1/posts/{post}"))
                 .query(&[("min_position", position)])

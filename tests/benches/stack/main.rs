@@ -29,6 +29,7 @@ mod freshness;
 mod pgbench;
 mod reads;
 mod services;
+mod streams;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +55,8 @@ const FRESHNESS_RATE: u64 = 1_000;
 /// Turns of each side in the ingest measure, taken A B B A ... (an even number: each side goes
 /// first equally often).
 const INGEST_TURNS: usize = 4;
+/// Live stream subscribers during the streams measure (`CHRONICLE_BENCH_STREAMS` changes it).
+const STREAM_SUBSCRIBERS: usize = 1_000;
 /// One round of the warm-up: how long each ingest path runs at saturation, unmeasured.
 const WARM_UP_ROUND: Duration = Duration::from_secs(3);
 /// The warm-up ends once the broker's JIT compiler used less than this share of a core over a
@@ -217,12 +220,37 @@ async fn run() -> Result<()> {
     fixture.settle(&db).await?;
     let before = stack.cpu(&[]);
     measuring("freshness, Chronicle");
-    let freshness = freshness::measure(&stack, &users, rate, duration).await?;
+    let freshness = freshness::measure(&stack, &users, rate, duration, None).await?;
     let freshness_cpu = stack.cpu(&[]).since(&before);
     println!(
         "freshness at {rate}/s: from due {}; from the 202 {}",
         freshness.from_due.summary(),
         freshness.from_ack.summary()
+    );
+
+    // 3b. Live streams: subscribers connected while posts flow at the freshness rate; each
+    //     post's delivery to the streams next to its freshness, on the same posts.
+    let subscribers: usize = env_parse("CHRONICLE_BENCH_STREAMS", STREAM_SUBSCRIBERS)?;
+    // The freshness measure's rate unless asked for another, which is taken as asked (the
+    // issue's figure is 1,000/s, above half the saturation of a slow machine).
+    let stream_rate: u64 = env_parse("CHRONICLE_BENCH_STREAMS_RATE", rate)?;
+    let query_pid = stack
+        .pids()
+        .into_iter()
+        .find(|(name, _)| *name == "query-api")
+        .map(|(_, pid)| pid)
+        .ok_or("the query API is not running")?;
+    fixture.settle(&db).await?;
+    let before = stack.cpu(&[]);
+    measuring(&format!("live streams, {subscribers} subscribers"));
+    let streamed = streams::measure(&stack, query_pid, &users, subscribers, rate, duration).await?;
+    let streams_cpu = stack.cpu(&[]).since(&before);
+    println!(
+        "streams at {stream_rate}/s with {subscribers} subscribers: delivery {}; freshness (202 -> \
+         readable) {}; query API {:.1} MiB",
+        streamed.delivery.summary(),
+        streamed.freshness.from_ack.summary(),
+        streamed.query_rss.unwrap_or(f64::NAN)
     );
 
     // 4. Reads at saturation, next to pgbench; latency at half the rate, next to pgbench's at
@@ -245,6 +273,28 @@ async fn run() -> Result<()> {
         "reads: {reads:.0}/s (pgbench {pgbench_reads:.0}/s); at {half_reads:.0}/s {} (pgbench {})",
         read_latency.summary(),
         pgbench_latency.summary()
+    );
+
+    // Post searches at saturation, next to pgbench running the same statement.
+    fixture.settle(&db).await?;
+    measuring("post searches at saturation");
+    let before = stack.cpu(&[]);
+    let searches =
+        reads::search_saturation(&http, &stack.query, users.len(), READ_CLIENTS, duration).await;
+    let search_cpu = stack.cpu(&[]).since(&before);
+    let pgbench = Pgbench::search(
+        &fixture.database_url,
+        &db,
+        users.len(),
+        READ_CLIENTS,
+        duration,
+    )
+    .await?;
+    let pgbench_searches = pgbench.saturation()?;
+    drop(pgbench);
+    println!(
+        "post searches: {:.0}/s ({} failed); pgbench {pgbench_searches:.0}/s",
+        searches.rate, searches.failed
     );
 
     // The unread count, a private read, next to the profile, the cheapest public one.
@@ -365,6 +415,43 @@ async fn run() -> Result<()> {
         .goal(Goal::AtMost(5.0))
         .bounded(&read_cpu),
         Measure::new(
+            format!(
+                "stream delivery at {stream_rate}/s, {subscribers} streams, p50: 202 -> received \
+                 (baseline: 202 -> readable with min_position, same posts)"
+            ),
+            streamed.delivery.p(0.5),
+            "ms",
+        )
+        .against(streamed.freshness.from_ack.p(0.5))
+        .goal(Goal::AtMostTimes(1.5))
+        .bounded(&streams_cpu),
+        Measure::new(
+            format!(
+                "stream delivery at {stream_rate}/s, {subscribers} streams, p99: 202 -> received \
+                 (baseline: 202 -> readable with min_position, same posts)"
+            ),
+            streamed.delivery.p(0.99),
+            "ms",
+        )
+        .against(streamed.freshness.from_ack.p(0.99))
+        .goal(Goal::AtMostTimes(1.5))
+        .bounded(&streams_cpu),
+        Measure::new(
+            format!("query-api RSS with {subscribers} streams open"),
+            streamed.query_rss.unwrap_or(f64::NAN),
+            "MiB",
+        )
+        .goal(Goal::AtMost(128.0))
+        .bounded_by("the query-api process's resident memory (VmRSS) at the end of the measure"),
+        Measure::new(
+            "post searches at saturation (baseline: pgbench, same SQL)",
+            searches.rate,
+            "reads/s",
+        )
+        .against(pgbench_searches)
+        .goal(Goal::AtLeastTimes(0.6))
+        .bounded(&search_cpu),
+        Measure::new(
             "unread-count reads at saturation (baseline: profile reads, in turns)",
             unread.rate,
             "reads/s",
@@ -459,6 +546,33 @@ async fn run() -> Result<()> {
              arrivals) {}, CPU meanwhile: {pgbench_cpu}",
             read_latency.summary(),
             pgbench_latency.summary()
+        ),
+        format!(
+            "streams: {subscribers} subscribers ({} of the global feed, {} of random users' home \
+             timelines, {} of random users' notifications), connected before {stream_rate} posts/s \
+             for {seconds:.0} s (the freshness measure's load, each post read back with its \
+             position); {} post messages received, {} streams ended early. Delivery (202 -> \
+             message, per stream that carries the post): {}; freshness of the same posts (202 \
+             -> readable): {}; from when each was due: {}; CPU meanwhile: {streams_cpu}; the \
+             query API's metrics: {}",
+            streamed.streams[0],
+            streamed.streams[1],
+            streamed.streams[2],
+            streamed.messages,
+            streamed.ended,
+            streamed.delivery.summary(),
+            streamed.freshness.from_ack.summary(),
+            streamed.freshness.from_due.summary(),
+            streamed.rounds,
+        ),
+        format!(
+            "post searches: {READ_CLIENTS} closed-loop clients, each `GET /v1/search/posts?q=user \
+             <n>` (the seeded post of a random user n: the query API's ranked full-text \
+             statement); pgbench runs that statement, {READ_CLIENTS} clients, prepared. Query \
+             API {:.0}/s, {} failed, latency {}; CPU meanwhile: {search_cpu}",
+            searches.rate,
+            searches.failed,
+            searches.latencies.summary(),
         ),
         format!(
             "unread counts: {READ_CLIENTS} closed-loop clients, each read with a random user's \

@@ -38,13 +38,7 @@ impl Pgbench {
             )
             .await?;
         }
-        let schema: String = db
-            .query_one(
-                "SELECT 'read_' || name FROM projection.generations WHERE state = 'active'",
-                &[],
-            )
-            .await?
-            .get(0);
+        let schema = active_schema(db).await?;
         let pick = format!("\\set n random(1, {})\n", users.len());
         let id = "(SELECT user_id FROM public.bench_users WHERE n = :n)";
         // The profile; its following count is named for the timeline's `\\gset`.
@@ -70,8 +64,42 @@ SELECT {columns} FROM {schema}.posts p {joins} WHERE p.deleted_at IS NULL AND (p
 \\endif
 "
         );
+        Pgbench::with_scripts(
+            database_url,
+            &[("profile", profile), ("timeline", timeline)],
+            clients,
+            duration,
+        )
+    }
+
+    /// The baseline of post searches: the query API's search statement for `user <n>` (the
+    /// seeded post of user n: "hello from bench user n"), n random among `users` of them.
+    pub(crate) async fn search(
+        database_url: &str,
+        db: &tokio_postgres::Client,
+        users: usize,
+        clients: usize,
+        duration: Duration,
+    ) -> Result<Pgbench> {
+        let schema = active_schema(db).await?;
+        let columns = "p.post_id, p.body, p.published_at, p.like_count, u.user_id, u.handle, u.display_name, p.reply_to, coalesce(c.reply_count, 0)";
+        let search = format!(
+            "\\set n random(0, {last})
+WITH matches AS (SELECT s.post_id, ts_rank_cd(s.document, query)::float8 AS score FROM {schema}.post_search s, websearch_to_tsquery('english', 'user ' || :n) query WHERE s.document @@ query) SELECT * FROM (SELECT {columns} FROM {schema}.posts p JOIN {schema}.users u ON u.user_id = p.author_id LEFT JOIN {schema}.post_counters c ON c.post_id = p.post_id WHERE p.deleted_at IS NULL) p JOIN matches m USING (post_id) WHERE (m.score, m.post_id) < ('Infinity'::float8, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid) ORDER BY m.score DESC, m.post_id DESC LIMIT 21;
+",
+            last = users.saturating_sub(1)
+        );
+        Pgbench::with_scripts(database_url, &[("search", search)], clients, duration)
+    }
+
+    fn with_scripts(
+        database_url: &str,
+        named: &[(&str, String)],
+        clients: usize,
+        duration: Duration,
+    ) -> Result<Pgbench> {
         let mut scripts = Vec::new();
-        for (name, script) in [("profile", profile), ("timeline", timeline)] {
+        for (name, script) in named {
             let path = std::env::temp_dir().join(format!(
                 "chronicle-pgbench-{}-{name}.sql",
                 std::process::id()
@@ -157,4 +185,15 @@ impl Drop for Pgbench {
             let _ = std::fs::remove_file(script);
         }
     }
+}
+
+/// The schema of the active generation's read models.
+async fn active_schema(db: &tokio_postgres::Client) -> Result<String> {
+    Ok(db
+        .query_one(
+            "SELECT 'read_' || name FROM projection.generations WHERE state = 'active'",
+            &[],
+        )
+        .await?
+        .get(0))
 }

@@ -87,6 +87,31 @@ pub(crate) async fn unread_against_profiles(
     (ClosedLoop::combined(unread), ClosedLoop::combined(profiles))
 }
 
+/// Post searches/s with `clients` closed-loop clients for `duration`: `user <n>` (the seeded
+/// post of user n), n random among `users`.
+pub(crate) async fn search_saturation(
+    http: &reqwest::Client,
+    query: &str,
+    users: usize,
+    clients: usize,
+    duration: Duration,
+) -> ClosedLoop {
+    closed_loop(clients, duration, |client, n| async move {
+        let mut rng = Rng((client as u64) << 32 ^ n ^ 0x1656_67b1_9e37_79f9);
+        let q = format!("user {}", rng.below(users));
+        match http
+            .get(format!("{query}/v1/search/posts"))
+            .query(&[("q", q)])
+            .send()
+            .await
+        {
+            Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await
+}
+
 /// One read of the query API at `query`: a profile, or a home timeline.
 async fn read(http: &reqwest::Client, query: &str, user: &User, timeline: bool) -> bool {
     let path = if timeline {

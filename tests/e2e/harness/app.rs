@@ -344,9 +344,7 @@ impl TestApp {
 
     /// Kills (SIGKILL) the command API.
     pub(crate) fn kill_command_api(&self) {
-        if let Some(mut process) = self.command_api.lock().expect("command-api lock").take() {
-            process.kill();
-        }
+        kill_api(&self.command_api);
     }
 
     /// Starts the command API again, on the address it had (after [`TestApp::kill_command_api`]).
@@ -356,23 +354,55 @@ impl TestApp {
 
     /// [`TestApp::start_command_api`] with `extra` variables set or replaced.
     pub(crate) async fn start_command_api_with(&self, extra: &[(&str, &str)]) {
+        let process = self
+            .restart_api(
+                "command-api",
+                "CHRONICLE_COMMAND_ADDR",
+                &self.command_url,
+                extra,
+            )
+            .await;
+        *self.command_api.lock().expect("command-api lock") = Some(process);
+    }
+
+    /// Kills (SIGKILL) the query API.
+    pub(crate) fn kill_query_api(&self) {
+        kill_api(&self.query_api);
+    }
+
+    /// Starts the query API again, on the address it had (after [`TestApp::kill_query_api`]).
+    pub(crate) async fn start_query_api(&self) {
+        let process = self
+            .restart_api("query-api", "CHRONICLE_QUERY_ADDR", &self.query_url, &[])
+            .await;
+        *self.query_api.lock().expect("query-api lock") = Some(process);
+    }
+
+    /// Starts `binary` on the address of `url` (named by `address_variable`), with `extra`
+    /// variables set or replaced.
+    async fn restart_api(
+        &self,
+        binary: &'static str,
+        address_variable: &str,
+        url: &str,
+        extra: &[(&str, &str)],
+    ) -> ServiceProcess {
         let launcher = self.launcher.clone();
-        let address = self.command_url.trim_start_matches("http://").to_owned();
+        let address = url.trim_start_matches("http://").to_owned();
         let mut extra: Vec<(String, String)> = extra
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        extra.push(("CHRONICLE_COMMAND_ADDR".to_owned(), address));
-        let process = tokio::task::spawn_blocking(move || {
+        extra.push((address_variable.to_owned(), address));
+        tokio::task::spawn_blocking(move || {
             let extra: Vec<(&str, &str)> = extra
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            launcher.start_with("command-api", &extra)
+            launcher.start_with(binary, &extra)
         })
         .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        *self.command_api.lock().expect("command-api lock") = Some(process);
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// Kills every projector and starts a fresh one.
@@ -479,7 +509,7 @@ impl TestApp {
         index: usize,
         within: Duration,
     ) -> Option<(std::process::ExitStatus, Duration)> {
-        let mut projector = {
+        let projector = {
             let mut projectors = self.projectors.lock().expect("projectors lock");
             assert!(
                 index < projectors.len(),
@@ -488,23 +518,54 @@ impl TestApp {
             );
             projectors.remove(index)
         };
-        tokio::task::spawn_blocking(move || {
-            let sent = Command::new("kill")
-                .args(["-TERM", &projector.child.id().to_string()])
-                .status()
-                .expect("cannot run kill");
-            assert!(sent.success(), "kill -TERM {} failed", projector.name);
-            let started = Instant::now();
-            while started.elapsed() < within {
-                if let Some(status) = projector.child.try_wait().expect("cannot wait for it") {
-                    return Some((status, started.elapsed()));
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        terminate(projector, within).await
+    }
+
+    /// Sends the query API SIGTERM and waits up to `within` for it to exit: its status and how
+    /// long it took, or `None` (it is then killed).
+    pub(crate) async fn terminate_query_api(
+        &self,
+        within: Duration,
+    ) -> Option<(std::process::ExitStatus, Duration)> {
+        let process = self
+            .query_api
+            .lock()
+            .expect("query-api lock")
+            .take()
+            .expect("the query API runs");
+        terminate(process, within).await
+    }
+}
+
+/// Sends `process` SIGTERM and waits up to `within` for it to exit: its status and how long it
+/// took, or `None` (it is then killed).
+async fn terminate(
+    mut process: ServiceProcess,
+    within: Duration,
+) -> Option<(std::process::ExitStatus, Duration)> {
+    tokio::task::spawn_blocking(move || {
+        let sent = Command::new("kill")
+            .args(["-TERM", &process.child.id().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(sent.success(), "kill -TERM {} failed", process.name);
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if let Some(status) = process.child.try_wait().expect("cannot wait for it") {
+                return Some((status, started.elapsed()));
             }
-            projector.kill();
-            None
-        })
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        process.kill();
+        None
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Kills (SIGKILL) the API process in `slot`, if one runs.
+fn kill_api(slot: &Mutex<Option<ServiceProcess>>) {
+    if let Some(mut process) = slot.lock().expect("service lock").take() {
+        process.kill();
     }
 }

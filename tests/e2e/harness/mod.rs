@@ -16,6 +16,7 @@ mod fixture;
 mod process;
 mod resp;
 mod rng;
+mod stream;
 mod tokens;
 
 pub(crate) use app::*;
@@ -23,6 +24,7 @@ pub(crate) use env::*;
 pub(crate) use process::*;
 pub(crate) use resp::*;
 pub(crate) use rng::*;
+pub(crate) use stream::*;
 pub(crate) use tokens::*;
 // What the parts share among themselves only.
 
