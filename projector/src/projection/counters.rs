@@ -90,13 +90,16 @@ impl CounterDeltas {
 
     /// Writes the changes. Like counts first: they live on the post's row, which only this
     /// partition's batches touch (a post deleted earlier in the batch keeps its zero). Then the
-    /// counters that batches of other partitions also move, users then reply counts, each in
+    /// counters that batches of other partitions also move, reply counts then users, each in
     /// ascending id, so that concurrent batches take those row locks in one global order (no
-    /// deadlock) and as late as possible: each is held until the commit that follows.
+    /// deadlock) and as late as possible: each is held until the commit that follows. Users
+    /// come last because they are the most contended (a popular author's row is moved by the
+    /// likes of every partition): what runs after them is only what must.
     ///
     /// With notifications (`layout`), every post published or deleted by the batch also takes
     /// its own `post_counters` row (a change of 0), and the reply notifications are settled
     /// after that: the rows are where two batches that publish a reply and its parent meet.
+    /// With streams, the messages are settled after the users' rows (see `super::stream`).
     pub(crate) async fn write(
         &mut self,
         tx: &Transaction<'_>,
@@ -113,14 +116,6 @@ impl CounterDeltas {
              WHERE p.post_id = d.post_id AND p.deleted_at IS NULL",
         )
         .await?;
-        if layout.streams {
-            // The users the batch's messages wait for meet their registration's batch at their
-            // counters row, even where their changes cancel out (see `super::stream`).
-            for user in self.pushes.needed_users() {
-                self.touch(user);
-            }
-        }
-        self.write_users(tx, schema).await?;
         let settle =
             layout.notifications && !(self.published.is_empty() && self.deleted.is_empty());
         let mut replies = self.replies.clone();
@@ -147,6 +142,14 @@ impl CounterDeltas {
                 self.pushes.notified_of_reply(id, recipient, actor, parent);
             }
         }
+        if layout.streams {
+            // The users the batch's messages wait for meet their registration's batch at their
+            // counters row, even where their changes cancel out (see `super::stream`).
+            for user in self.pushes.confirm_users(tx, schema).await? {
+                self.touch(user);
+            }
+        }
+        self.write_users(tx, schema).await?;
         if layout.streams {
             self.pushes.settle(tx, schema).await?;
         }

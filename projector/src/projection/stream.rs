@@ -10,8 +10,9 @@
 //! a notification only once its author or actor is a user: their registration sits in another
 //! partition and may be applied later. So [`Pushes::settle`], after the counters, keeps the
 //! messages whose author or actor is there, and makes those of posts and notifications that
-//! waited for a user registered in this batch. The batch takes the `user_counters` row of every
-//! author and actor its messages need, and a registration takes its own (a change of 0 where
+//! waited for a user registered in this batch. A user is never removed, so an author or actor
+//! already a user before the batch takes its locks stays one; for each of the others, the batch
+//! takes their `user_counters` row, and a registration takes its own (a change of 0 where
 //! nothing changed), so a batch that acts and one that registers the actor take turns there,
 //! and the second sees what the first committed.
 
@@ -58,6 +59,8 @@ pub(crate) struct Pushes {
     publications: HashMap<Uuid, Uuid>,
     /// The users registered by the batch, by the event that registered each.
     registrations: HashMap<Uuid, Uuid>,
+    /// Authors and actors known to be users.
+    present: HashSet<Uuid>,
 }
 
 impl Pushes {
@@ -107,32 +110,46 @@ impl Pushes {
         self.pushes.extend(other.pushes);
         self.publications.extend(other.publications);
         self.registrations.extend(other.registrations);
+        self.present.extend(other.present);
     }
 
-    /// The authors and actors whose registration the messages need.
-    pub(crate) fn needed_users(&self) -> Vec<Uuid> {
-        let mut needed: Vec<Uuid> = self.pushes.iter().filter_map(|(_, p)| p.needs()).collect();
+    /// The authors and actors the messages need that are not known to be users yet.
+    fn unconfirmed_users(&self) -> Vec<Uuid> {
+        let mut needed: Vec<Uuid> = self
+            .pushes
+            .iter()
+            .filter_map(|(_, p)| p.needs())
+            .filter(|user| !self.present.contains(user))
+            .collect();
         needed.sort_unstable();
         needed.dedup();
         needed
     }
 
+    /// Confirms the authors and actors already users (a user is never removed, so that holds
+    /// until the commit), before the batch takes any counters row; returns the others, whose
+    /// counters rows the batch must take before [`Pushes::settle`].
+    pub(crate) async fn confirm_users(
+        &mut self,
+        tx: &Transaction<'_>,
+        schema: &str,
+    ) -> Result<Vec<Uuid>, Error> {
+        let needed = self.unconfirmed_users();
+        if !needed.is_empty() {
+            self.present.extend(users_among(tx, schema, &needed).await?);
+        }
+        Ok(self.unconfirmed_users())
+    }
+
     /// Keeps the messages whose author or actor is a user, and adds those that waited for a
     /// user registered in this batch (see the module's documentation). Runs after the batch
-    /// holds the `user_counters` rows of its actors and registered users.
+    /// holds the `user_counters` rows of the users [`Pushes::confirm_users`] did not confirm
+    /// and of those it registered.
     pub(crate) async fn settle(&mut self, tx: &Transaction<'_>, schema: &str) -> Result<(), Error> {
-        let needed = self.needed_users();
+        let needed = self.unconfirmed_users();
         if !needed.is_empty() {
-            let present: HashSet<Uuid> = query(
-                tx,
-                schema,
-                "SELECT user_id FROM {s}.users WHERE user_id = ANY($1)",
-                &[&needed],
-            )
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+            self.present.extend(users_among(tx, schema, &needed).await?);
+            let present = &self.present;
             self.pushes
                 .retain(|(_, push)| push.needs().is_none_or(|user| present.contains(&user)));
         }
@@ -255,4 +272,22 @@ impl Rows {
         self.notifications.push(notification);
         self.recipients.push(recipient);
     }
+}
+
+/// Those of `users` that are users.
+async fn users_among(
+    tx: &Transaction<'_>,
+    schema: &str,
+    users: &[Uuid],
+) -> Result<Vec<Uuid>, Error> {
+    Ok(query(
+        tx,
+        schema,
+        "SELECT user_id FROM {s}.users WHERE user_id = ANY($1)",
+        &[&users],
+    )
+    .await?
+    .iter()
+    .map(|row| row.get(0))
+    .collect())
 }
