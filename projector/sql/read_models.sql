@@ -14,6 +14,8 @@ CREATE TABLE {schema}.users (
 );
 CREATE INDEX users_handle ON {schema}.users (handle, joined_at, user_id);
 
+-- Counters are updated in place again and again: half-empty pages keep those updates HOT (see
+-- migrations/0009_counters_fillfactor.sql).
 CREATE TABLE {schema}.user_counters (
     user_id         uuid PRIMARY KEY,
     post_count      bigint NOT NULL DEFAULT 0,
@@ -21,7 +23,7 @@ CREATE TABLE {schema}.user_counters (
     following_count bigint NOT NULL DEFAULT 0,
     likes_received  bigint NOT NULL DEFAULT 0,
     likes_given     bigint NOT NULL DEFAULT 0
-);
+) WITH (fillfactor = 50);
 
 CREATE TABLE {schema}.posts (
     post_id      uuid PRIMARY KEY,
@@ -36,10 +38,11 @@ CREATE INDEX ON {schema}.posts (published_at DESC, post_id DESC) WHERE deleted_a
 CREATE INDEX ON {schema}.posts (author_id, published_at DESC, post_id DESC)
     WHERE deleted_at IS NULL;
 
+-- Half-empty pages, like user_counters.
 CREATE TABLE {schema}.post_counters (
     post_id     uuid PRIMARY KEY,
     reply_count bigint NOT NULL DEFAULT 0
-);
+) WITH (fillfactor = 50);
 
 CREATE TABLE {schema}.likes (
     post_id  uuid NOT NULL,

@@ -285,13 +285,20 @@ impl Partition<'_> {
         let note = notification_payload(&generation, self.topic, self.partition, next);
         let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
         tx.execute(&notify, &[&CHANNEL, &note]).await?;
-        deltas.write(&tx, &schema, layout).await?;
+        // An event appended twice (a retried command) was applied at its first offset.
+        let mut offsets = HashMap::new();
         if layout.streams {
-            // An event appended twice (a retried command) was applied at its first offset.
-            let mut offsets = HashMap::with_capacity(candidates.len());
+            offsets.reserve(candidates.len());
             for (record, envelope) in &candidates {
                 offsets.entry(envelope.event_id).or_insert(record.offset);
             }
+            deltas
+                .pushes
+                .write_ready(&tx, &schema, self.partition, &offsets)
+                .await?;
+        }
+        deltas.write(&tx, &schema, layout).await?;
+        if layout.streams {
             deltas
                 .pushes
                 .write(&tx, &schema, self.partition, &offsets)

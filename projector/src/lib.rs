@@ -86,6 +86,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "trigram_search",
         sql: include_str!("../migrations/0008_trigram_search.sql"),
     },
+    Migration {
+        version: 9,
+        name: "counters_fillfactor",
+        sql: include_str!("../migrations/0009_counters_fillfactor.sql"),
+    },
 ];
 
 /// The projector's command line: what to do, and the configuration (from the environment).

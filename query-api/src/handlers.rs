@@ -125,7 +125,16 @@ impl AppState {
 
     async fn read_paged(&self, query: Option<String>, ranked: bool) -> Result<Read<'_>, Problem> {
         let pairs = query_pairs(query.as_deref())?;
-        let positions = min_positions(&pairs)?;
+        self.read_with(&pairs, ranked).await
+    }
+
+    /// [`AppState::read`] of a query string already split into `pairs`.
+    pub(crate) async fn read_with(
+        &self,
+        pairs: &[(String, String)],
+        ranked: bool,
+    ) -> Result<Read<'_>, Problem> {
+        let positions = min_positions(pairs)?;
         let mut params = Read {
             app: self,
             schema: String::new(),
@@ -133,7 +142,7 @@ impl AppState {
             cursor: Cursor::start(),
             score_cursor: ScoreCursor::start(),
         };
-        for (key, value) in &pairs {
+        for (key, value) in pairs {
             match key.as_str() {
                 "limit" => {
                     params.limit = value

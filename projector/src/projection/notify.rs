@@ -157,14 +157,17 @@ pub(crate) async fn settle_replies(
     deleted: &[Uuid],
 ) -> Result<Vec<(Uuid, Uuid, Uuid, Uuid)>, Error> {
     if !deleted.is_empty() {
-        // A deleted reply, or a reply to a deleted post, notifies nobody.
+        // A deleted reply, or a reply to a deleted post, notifies nobody. One array of both
+        // kinds of post, so that the plan is an index scan of `notifications_per_post`:
+        // written as `post_id = ANY($1) OR post_id IN (...)`, it scanned the whole table
+        // (20 ms a batch during a 200,000-event rebuild, with the batch's counters rows held).
         execute(
             tx,
             schema,
             "DELETE FROM {s}.notifications n
              WHERE n.kind = 'replied'
-               AND (n.post_id = ANY($1)
-                    OR n.post_id IN (SELECT post_id FROM {s}.posts WHERE reply_to = ANY($1)))",
+               AND n.post_id = ANY(array_cat($1::uuid[],
+                   ARRAY(SELECT post_id FROM {s}.posts WHERE reply_to = ANY($1))))",
             &[&deleted],
         )
         .await?;

@@ -2,19 +2,20 @@
 //! place in the log of the event that made it (see `sql/streams.sql`).
 //!
 //! Steps collect the messages by the id of the event that made them; the batch, which knows
-//! where its events sit in the log, writes them at the end ([`Pushes::write`]). An event that
+//! where its events sit in the log, writes them: those it can before it takes any counters row
+//! ([`Pushes::write_ready`]), the rest at the end ([`Pushes::write`]). An event that
 //! has no place in this batch (an operator's retry of a dead letter, applied long after its
 //! partition moved on) is pushed to nobody: a stream past its offset would never see the row.
 //!
 //! A message is pushed only once the read it describes would show it, and reads show a post or
 //! a notification only once its author or actor is a user: their registration sits in another
-//! partition and may be applied later. So [`Pushes::settle`], after the counters, keeps the
-//! messages whose author or actor is there, and makes those of posts and notifications that
-//! waited for a user registered in this batch. A user is never removed, so an author or actor
-//! already a user before the batch takes its locks stays one; for each of the others, the batch
-//! takes their `user_counters` row, and a registration takes its own (a change of 0 where
-//! nothing changed), so a batch that acts and one that registers the actor take turns there,
-//! and the second sees what the first committed.
+//! partition and may be applied later. A user is never removed, so an author or actor already a
+//! user before the batch takes its locks stays one, and their messages are written at once. For
+//! each of the others, the batch takes their `user_counters` row, and a registration takes its
+//! own (a change of 0 where nothing changed), so a batch that acts and one that registers the
+//! actor take turns there, and the second sees what the first committed: [`Pushes::settle`],
+//! after the counters, keeps the messages whose author or actor is a user by then, and makes
+//! those of posts and notifications that waited for a user registered in this batch.
 
 use std::collections::{HashMap, HashSet};
 
@@ -53,7 +54,10 @@ impl Push {
 /// The messages a batch makes, by the id of the event that made each.
 #[derive(Debug, Default)]
 pub(crate) struct Pushes {
+    /// Those not written yet.
     pushes: Vec<(Uuid, Push)>,
+    /// Those written before the batch took its counters rows ([`Pushes::write_ready`]).
+    written: Vec<(Uuid, Push)>,
     /// The event that published each post of the batch: a reply's notification is made by
     /// whichever of the reply and its parent comes second.
     publications: HashMap<Uuid, Uuid>,
@@ -108,6 +112,7 @@ impl Pushes {
     /// Adds `other`'s messages to these.
     pub(crate) fn merge(&mut self, other: Pushes) {
         self.pushes.extend(other.pushes);
+        self.written.extend(other.written);
         self.publications.extend(other.publications);
         self.registrations.extend(other.registrations);
         self.present.extend(other.present);
@@ -127,8 +132,8 @@ impl Pushes {
     }
 
     /// Confirms the authors and actors already users (a user is never removed, so that holds
-    /// until the commit), before the batch takes any counters row; returns the others, whose
-    /// counters rows the batch must take before [`Pushes::settle`].
+    /// until the commit), before the batch takes the users' counters rows; returns the others,
+    /// whose counters rows the batch must take before [`Pushes::settle`].
     pub(crate) async fn confirm_users(
         &mut self,
         tx: &Transaction<'_>,
@@ -171,6 +176,7 @@ impl Pushes {
         let pushed: HashSet<Uuid> = self
             .pushes
             .iter()
+            .chain(&self.written)
             .filter_map(|(_, push)| match *push {
                 Push::Post { post, .. } => Some(post),
                 Push::Notification { id, .. } => Some(id),
@@ -203,8 +209,29 @@ impl Pushes {
         Ok(())
     }
 
-    /// Writes the messages of events that sit in `partition` at the offsets `offsets` gives
-    /// (by event id); those of other events are dropped (see the module's documentation).
+    /// Writes the messages whose author or actor is known to be a user (most of them), before
+    /// the batch takes any counters row: the fewer statements run while it holds them, the
+    /// less the batches of other partitions wait for them. The others wait for
+    /// [`Pushes::write`], after [`Pushes::settle`].
+    pub(crate) async fn write_ready(
+        &mut self,
+        tx: &Transaction<'_>,
+        schema: &str,
+        partition: i32,
+        offsets: &HashMap<Uuid, i64>,
+    ) -> Result<(), Error> {
+        self.confirm_users(tx, schema).await?;
+        let present = &self.present;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pushes)
+            .into_iter()
+            .partition(|(_, push)| push.needs().is_none_or(|user| present.contains(&user)));
+        self.pushes = waiting;
+        write_rows(tx, schema, partition, offsets, &ready).await?;
+        self.written.extend(ready);
+        Ok(())
+    }
+
+    /// Writes the messages not written yet.
     pub(crate) async fn write(
         &self,
         tx: &Transaction<'_>,
@@ -212,35 +239,47 @@ impl Pushes {
         partition: i32,
         offsets: &HashMap<Uuid, i64>,
     ) -> Result<(), Error> {
-        let mut rows = Rows::default();
-        for (event, push) in &self.pushes {
-            if let Some(offset) = offsets.get(event) {
-                rows.push(*offset, push);
-            }
-        }
-        if rows.offsets.is_empty() {
-            return Ok(());
-        }
-        execute(
-            tx,
-            schema,
-            "INSERT INTO {s}.stream
-                 (partition, event_offset, kind, post_id, author_id, notification_id, recipient_id)
-             SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::uuid[], $5::uuid[], $6::uuid[],
-                                      $7::uuid[])
-             ON CONFLICT DO NOTHING",
-            &[
-                &partition,
-                &rows.offsets,
-                &rows.kinds,
-                &rows.posts,
-                &rows.authors,
-                &rows.notifications,
-                &rows.recipients,
-            ],
-        )
-        .await
+        write_rows(tx, schema, partition, offsets, &self.pushes).await
     }
+}
+
+/// Writes the `pushes` of events that sit in `partition` at the offsets `offsets` gives (by
+/// event id); those of other events are dropped (see the module's documentation).
+async fn write_rows(
+    tx: &Transaction<'_>,
+    schema: &str,
+    partition: i32,
+    offsets: &HashMap<Uuid, i64>,
+    pushes: &[(Uuid, Push)],
+) -> Result<(), Error> {
+    let mut rows = Rows::default();
+    for (event, push) in pushes {
+        if let Some(offset) = offsets.get(event) {
+            rows.push(*offset, push);
+        }
+    }
+    if rows.offsets.is_empty() {
+        return Ok(());
+    }
+    execute(
+        tx,
+        schema,
+        "INSERT INTO {s}.stream
+             (partition, event_offset, kind, post_id, author_id, notification_id, recipient_id)
+         SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::uuid[], $5::uuid[], $6::uuid[],
+                                  $7::uuid[])
+         ON CONFLICT DO NOTHING",
+        &[
+            &partition,
+            &rows.offsets,
+            &rows.kinds,
+            &rows.posts,
+            &rows.authors,
+            &rows.notifications,
+            &rows.recipients,
+        ],
+    )
+    .await
 }
 
 /// Stream rows, as columns.

@@ -274,12 +274,7 @@ impl Hub {
         {
             messages.retain(|m| (m.partition, m.offset) != (partition, offset));
             place = from;
-            for (p, _, until) in &gaps {
-                if *p < partition {
-                    place.pass(*p, until - 1);
-                }
-            }
-            place.pass(partition, offset - 1);
+            place.pass_page(&gaps, partition, offset - 1);
         }
         metrics::counter!("stream_messages_total").increment(messages.len() as u64);
         let messages: Vec<Arc<Message>> = messages.into_iter().map(Arc::new).collect();
@@ -293,51 +288,48 @@ impl Hub {
             .into_iter()
             .collect();
         let delivered = Delivered { schema, place };
-        let mut follows = Follows::default();
-        // Until every timeline being streamed has its follows read: a stream may register while
-        // they are read.
-        while let Err(missing) = self.hand_out(&messages, &follows, &delivered) {
-            follows
-                .read(client, statements, &delivered.schema, &authors, missing)
-                .await?;
+        let mut followers = None;
+        // The round's followers are read only while some timeline is streamed; one may start
+        // between a look and the hand-out.
+        while !self.hand_out(&messages, followers.as_ref(), &delivered) {
+            followers =
+                Some(Followers::read(client, statements, &delivered.schema, &authors).await?);
         }
         Ok(full)
     }
 
     /// Offers each message to the queue of every stream it belongs to, cutting off the streams
-    /// whose queue is full, then records `delivered`. Hands out nothing, and names them, while
-    /// `follows` lacks some of the users whose timelines are streamed.
+    /// whose queue is full, then records `delivered`; whether it did. It does not when a
+    /// timeline is streamed, there are posts, and `followers` were not read.
     fn hand_out(
         &self,
         messages: &[Arc<Message>],
-        follows: &Follows,
+        followers: Option<&Followers>,
         delivered: &Delivered,
-    ) -> Result<(), Vec<Uuid>> {
+    ) -> bool {
         let mut registry = self.lock();
-        let missing: Vec<Uuid> = registry
-            .streams
-            .values()
-            .filter_map(|(topic, _)| match topic {
-                Topic::Timeline(user) if !follows.users.contains(user) => Some(*user),
-                _ => None,
-            })
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        if !missing.is_empty()
-            && messages
+        let empty = Followers::default();
+        let followers = match followers {
+            Some(followers) => followers,
+            None if messages
                 .iter()
                 .any(|m| matches!(m.about, About::Post { .. }))
-        {
-            return Err(missing);
-        }
+                && registry
+                    .streams
+                    .values()
+                    .any(|(topic, _)| matches!(topic, Topic::Timeline(_))) =>
+            {
+                return false;
+            }
+            None => &empty,
+        };
         let mut cut = Vec::new();
         for (key, (topic, queue)) in &registry.streams {
             for message in messages {
                 let wanted = match (topic, message.about) {
                     (Topic::Feed, About::Post { .. }) => true,
                     (Topic::Timeline(user), About::Post { author }) => {
-                        *user == author || follows.pairs.contains(&(*user, author))
+                        *user == author || followers.0.contains(&(*user, author))
                     }
                     (Topic::Notifications(user), About::Notification { recipient }) => {
                         *user == recipient
@@ -356,39 +348,35 @@ impl Hub {
             tracing::info!("cut off a live stream whose client did not keep up");
         }
         registry.delivered = Some(delivered.clone());
-        Ok(())
+        true
     }
 }
 
-/// Who follows whom, among the authors of a round's posts and the users whose timelines are
-/// streamed.
+/// Who follows the authors of a round's posts: (follower, author).
 #[derive(Default)]
-struct Follows {
-    /// The users whose follows were read.
-    users: HashSet<Uuid>,
-    /// (follower, author).
-    pairs: HashSet<(Uuid, Uuid)>,
-}
+struct Followers(HashSet<(Uuid, Uuid)>);
 
-impl Follows {
+impl Followers {
+    /// Every follower of `authors`, from the leading column of `follows_by_followee`, a plan
+    /// no statistics can change. Asking the database for the streamed timelines among them
+    /// instead (a join to an array of them) let the planner drive from that array: measured
+    /// with 594 timelines streamed, 2,124 buffers and 9.5 ms a round, against about 4 buffers
+    /// an author. The rows grow with the authors' followers: an author followed by millions
+    /// would call for fanning posts out to timelines as they are written.
     async fn read(
-        &mut self,
         client: &tokio_postgres::Client,
         statements: &mut Statements,
         schema: &str,
         authors: &[Uuid],
-        users: Vec<Uuid>,
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<Followers, tokio_postgres::Error> {
         let sql = format!(
-            "SELECT follower_id, followee_id FROM {schema}.follows
-             WHERE followee_id = ANY($1) AND follower_id = ANY($2)"
+            "SELECT follower_id, followee_id FROM {schema}.follows WHERE followee_id = ANY($1)"
         );
         let statement = statements.get(client, &sql).await?;
-        let rows = client.query(&statement, &[&authors, &users]).await?;
-        self.pairs
-            .extend(rows.iter().map(|row| (row.get(0), row.get(1))));
-        self.users.extend(users);
-        Ok(())
+        let rows = client.query(&statement, &[&authors]).await?;
+        Ok(Followers(
+            rows.iter().map(|row| (row.get(0), row.get(1))).collect(),
+        ))
     }
 }
 

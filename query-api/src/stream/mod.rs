@@ -143,26 +143,35 @@ pub(crate) async fn fetch(
 
 /// The stream's rows in the gaps with what their messages say: the post (columns 5 to 13) and
 /// the notification (14 to 21) as the matching reads show them, null where that read would show
-/// nothing. Every part is an index lookup, written as `LATERAL` so that no plan of this prepared
-/// statement scans a table: per gap, a range of the stream's key; per row, its post with the
-/// author and counters, or its notification with the actor and the recipient's read mark.
+/// nothing.
+///
+/// The page is chosen first: per gap, a range of the stream's key, at most `$4` rows each, then
+/// the first `$4` of those. Only the page's rows are looked up, each with index lookups: its post
+/// with the author and counters, or its notification with the actor and the recipient's read
+/// mark. `OFFSET 0` keeps each lookup a subquery of its own (PostgreSQL would otherwise merge
+/// it into the join, where a plan may scan a whole table). Measured on a 49,000-row stream
+/// with eight partitions behind: joining before the page was chosen looked up 2,056 rows for
+/// a page of 257, 17,056 buffers and 21 ms.
 const STREAM: &str = "SELECT s.partition, s.event_offset, s.kind, s.post_id, s.author_id,
         p.post_id, p.body, p.published_at, p.like_count, p.user_id, p.handle, p.display_name,
         p.reply_to, p.reply_count,
         n.notification_id, n.kind, n.post_id, n.created_at, n.user_id, n.handle, n.display_name,
         n.read, s.recipient_id
-    FROM unnest($1::int4[], $2::int8[], $3::int8[]) AS g(partition, after, until)
-    CROSS JOIN LATERAL (
-        SELECT * FROM {s}.stream s
-        WHERE s.partition = g.partition AND s.event_offset >= g.after
-          AND s.event_offset < g.until AND {filter}
-        ORDER BY s.event_offset, s.kind LIMIT $4) s
+    FROM (
+        SELECT s.* FROM unnest($1::int4[], $2::int8[], $3::int8[]) AS g(partition, after, until)
+        CROSS JOIN LATERAL (
+            SELECT * FROM {s}.stream s
+            WHERE s.partition = g.partition AND s.event_offset >= g.after
+              AND s.event_offset < g.until AND {filter}
+            ORDER BY s.event_offset, s.kind LIMIT $4) s
+        ORDER BY s.partition, s.event_offset, s.kind LIMIT $4) s
     LEFT JOIN LATERAL (
         SELECT p.post_id, p.body, p.published_at, p.like_count, u.user_id, u.handle,
             u.display_name, p.reply_to, coalesce(c.reply_count, 0) AS reply_count
         FROM {s}.posts p JOIN {s}.users u ON u.user_id = p.author_id
         LEFT JOIN {s}.post_counters c ON c.post_id = p.post_id
-        WHERE s.kind = 'post' AND p.post_id = s.post_id AND p.deleted_at IS NULL) p ON true
+        WHERE s.kind = 'post' AND p.post_id = s.post_id AND p.deleted_at IS NULL
+        OFFSET 0) p ON true
     LEFT JOIN LATERAL (
         SELECT n.notification_id, n.kind, n.post_id, n.created_at, a.user_id, a.handle,
             a.display_name,
@@ -170,8 +179,9 @@ const STREAM: &str = "SELECT s.partition, s.event_offset, s.kind, s.post_id, s.a
                 (SELECT up_to FROM {s}.notification_reads r WHERE r.user_id = n.recipient_id),
                 '00000000-0000-0000-0000-000000000000'::uuid) AS read
         FROM {s}.notifications n JOIN {s}.users a ON a.user_id = n.actor_id
-        WHERE s.kind = 'notification' AND n.notification_id = s.notification_id) n ON true
-    ORDER BY s.partition, s.event_offset, s.kind LIMIT $4";
+        WHERE s.kind = 'notification' AND n.notification_id = s.notification_id
+        OFFSET 0) n ON true
+    ORDER BY s.partition, s.event_offset, s.kind";
 
 /// `data:` of a `post_deleted` message.
 #[derive(Serialize)]
@@ -313,13 +323,9 @@ impl Subscription {
         let statement = client.prepare_cached(&sql).await?;
         let fetched = fetch(&client, &statement, user, &gaps, CATCH_UP_ROWS).await?;
         match fetched.last {
+            // One stream's rows: an event has at most one, so the page ends on a whole event.
             Some((partition, offset)) if fetched.rows as i64 >= CATCH_UP_ROWS => {
-                for (p, _, next) in gaps {
-                    if p < partition {
-                        from.pass(p, next - 1);
-                    }
-                }
-                from.pass(partition, offset);
+                from.pass_page(&gaps, partition, offset);
             }
             _ => self.catch_up = None,
         }
@@ -342,14 +348,13 @@ impl Subscription {
 }
 
 impl AppState {
-    /// Opens a stream of `topic` for a request with `query` and `headers`.
+    /// Opens a stream of `topic` for a request with the query string's `pairs` and `headers`.
     async fn stream(
         &self,
         topic: Topic,
-        query: Option<String>,
+        pairs: &[(String, String)],
         headers: &HeaderMap,
     ) -> Result<Response, Problem> {
-        let pairs = query_pairs(query.as_deref())?;
         let resume = match headers.get("last-event-id") {
             Some(value) => Some(value.to_str().unwrap_or_default().to_owned()),
             None => pairs
@@ -367,7 +372,7 @@ impl AppState {
         // Just started: a client reconnecting to a query API that restarts gets its stream,
         // not a 503 that would end its `EventSource` for good.
         let _ = tokio::time::timeout(self.consistency_wait, self.hub.wait_started()).await;
-        let read = self.read(query).await?;
+        let read = self.read_with(pairs, false).await?;
         read.query_added("live streams are", "SELECT 1 FROM {s}.stream LIMIT 0", &[])
             .await?;
         if let Topic::Timeline(user) = topic {
@@ -441,7 +446,8 @@ pub(crate) async fn feed(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
-    app.stream(Topic::Feed, query, &headers).await
+    app.stream(Topic::Feed, &query_pairs(query.as_deref())?, &headers)
+        .await
 }
 
 /// `GET /v1/users/{user_id}/timeline/stream`: the user's home timeline, live.
@@ -454,7 +460,12 @@ pub(crate) async fn timeline(
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
     let user_id = parse_id("user_id", &user_id)?;
-    app.stream(Topic::Timeline(user_id), query, &headers).await
+    app.stream(
+        Topic::Timeline(user_id),
+        &query_pairs(query.as_deref())?,
+        &headers,
+    )
+    .await
 }
 
 /// `GET /v1/me/notifications/stream`: the caller's new notifications, live.
@@ -466,19 +477,17 @@ pub(crate) async fn notifications(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
+    let pairs = query_pairs(query.as_deref())?;
     let token = match token::bearer(&headers) {
-        Ok(token) => token.to_owned(),
-        Err(missing) if !headers.contains_key(header::AUTHORIZATION) => {
-            let pairs = query_pairs(query.as_deref())?;
-            pairs
-                .into_iter()
-                .find(|(key, _)| key == "access_token")
-                .map(|(_, token)| token)
-                .ok_or(missing)?
-        }
+        Ok(token) => token,
+        Err(missing) if !headers.contains_key(header::AUTHORIZATION) => pairs
+            .iter()
+            .find(|(key, _)| key == "access_token")
+            .map(|(_, token)| token.as_str())
+            .ok_or(missing)?,
         Err(malformed) => return Err(malformed),
     };
-    let user = app.tokens.verify(&token)?;
-    app.stream(Topic::Notifications(user), query, &headers)
+    let user = app.tokens.verify(token)?;
+    app.stream(Topic::Notifications(user), &pairs, &headers)
         .await
 }

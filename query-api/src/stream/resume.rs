@@ -38,6 +38,18 @@ impl Place {
         *next = (*next).max(offset + 1);
     }
 
+    /// Marks what a page of the rows in `gaps` (read in partition, then offset order) passed,
+    /// when the page was full and ended in `partition`: the earlier partitions' gaps whole, and
+    /// `partition` up to and including `offset`. The later partitions are not reached yet.
+    pub(crate) fn pass_page(&mut self, gaps: &[(i32, i64, i64)], partition: i32, offset: i64) {
+        for &(p, _, until) in gaps {
+            if p < partition {
+                self.pass(p, until - 1);
+            }
+        }
+        self.pass(partition, offset);
+    }
+
     /// Every partition at the later of its offsets here and in `other`.
     pub(crate) fn join(&self, other: &Place) -> Place {
         let mut joined = self.clone();
@@ -158,6 +170,9 @@ mod tests {
         assert_eq!(from.gaps(&until), vec![(0, 5, 7), (1, 0, 3)]);
         let joined = from.join(&Place::new([(0, 2), (1, 4)]));
         assert_eq!(joined, Place::new([(0, 5), (1, 4), (2, 9)]));
+        let mut paged = from.clone();
+        paged.pass_page(&from.gaps(&until), 1, 1);
+        assert_eq!(paged, Place::new([(0, 7), (1, 2), (2, 9)]));
         let mut place = Place::default();
         place.pass(3, 10);
         place.pass(3, 4);

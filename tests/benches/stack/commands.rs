@@ -75,6 +75,18 @@ impl Mix {
     }
 }
 
+impl Request {
+    /// Whether it publishes a post.
+    pub(crate) fn is_post(&self) -> bool {
+        self.method == reqwest::Method::POST && self.path == "/v1/posts"
+    }
+
+    /// The token it is sent with.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+}
+
 /// Sends `request` to `base`; whether it was answered 2xx (the answer read whole, as a client
 /// would, which also frees the connection for the next one).
 pub(crate) async fn send(http: &reqwest::Client, base: &str, request: Request) -> bool {
@@ -133,6 +145,6 @@ pub(crate) async fn at_rate(
 /// A generator for the `n`th command: the odd multiplier spreads neighbouring `n` over all bits
 /// (xorshift's first outputs of neighbouring seeds are alike); 0, which xorshift never leaves,
 /// only for `n = u64::MAX`.
-fn seeded(n: u64) -> Rng {
+pub(crate) fn seeded(n: u64) -> Rng {
     Rng(n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }

@@ -2,6 +2,7 @@
 //! `min_position` for the position the command answered with; from when the command was due,
 //! and from its 202.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,47 +33,83 @@ pub(crate) async fn measure(
             acked.clone(),
         );
         async move {
-            let sent = http
-                .post(format!("{command}/v1/posts"))
-                .bearer_auth(&user.token)
-                .json(&json!({ "body": "how fresh is this" }))
-                .send()
-                .await
-                .map_err(|err| format!("command: {err}"))?;
-            let status = sent.status();
-            let answer: Value = sent.json().await.map_err(|err| format!("command: {err}"))?;
-            let acknowledged = Instant::now();
-            let (Some(post), Some(position)) =
-                (answer["post_id"].as_str(), answer["position"].as_str())
-            else {
-                return Err(format!("command: {status} {answer}"));
+            let at = Services {
+                http: &http,
+                command: &command,
+                query: &query,
             };
-            if let Some(acked) = &acked {
-                acked(post, acknowledged);
-            }
-            let read = http
-                .get(format!("{query}/v1/posts/{post}"))
-                .query(&[("min_position", position)])
-                .send()
-                .await
-                .map_err(|err| format!("read: {err}"))?;
-            let status = read.status();
-            let body = read.bytes().await.map_err(|err| format!("read: {err}"))?;
-            if !status.is_success() {
-                return Err(format!("read: {status} {}", String::from_utf8_lossy(&body)));
-            }
-            let millis = |since: Instant| since.elapsed().as_secs_f64() * 1000.0;
-            Ok((millis(due.into_std()), millis(acknowledged)))
+            publish_and_read(at, &user.token, due, acked.as_ref()).await
         }
     })
     .await;
+    read_back(samples, &failures)
+}
+
+/// The freshness of the posts read back (`samples`), unless more than 1% of the tries failed
+/// (`failures`, by what went wrong).
+pub(crate) fn read_back(
+    samples: Vec<(f64, f64)>,
+    failures: &BTreeMap<String, usize>,
+) -> Result<Freshness> {
     let total = samples.len() + failures.values().sum::<usize>();
     if samples.len() < total * 99 / 100 {
         return Err(format!(
-            "only {} of {total} posts read back: {failures:?}",
+            "only {} of {total} tries read back a post: {failures:?}",
             samples.len()
         )
         .into());
     }
     Ok(Freshness::of(samples))
+}
+
+/// The services a task sends to.
+#[derive(Clone, Copy)]
+pub(crate) struct Services<'a> {
+    pub(crate) http: &'a reqwest::Client,
+    /// The command API's base URL.
+    pub(crate) command: &'a str,
+    /// The query API's base URL.
+    pub(crate) query: &'a str,
+}
+
+/// Publishes a post as the holder of `token`, tells `acked` of its 202, and reads it back with
+/// its position: the milliseconds from `due` and from the 202 to the read's answer.
+pub(crate) async fn publish_and_read(
+    stack: Services<'_>,
+    token: &str,
+    due: tokio::time::Instant,
+    acked: Option<&Acked>,
+) -> std::result::Result<(f64, f64), String> {
+    let sent = stack
+        .http
+        .post(format!("{}/v1/posts", stack.command))
+        .bearer_auth(token)
+        .json(&json!({ "body": "how fresh is this" }))
+        .send()
+        .await
+        .map_err(|err| format!("command: {err}"))?;
+    let status = sent.status();
+    let answer: Value = sent.json().await.map_err(|err| format!("command: {err}"))?;
+    let acknowledged = Instant::now();
+    let (Some(post), Some(position)) = (answer["post_id"].as_str(), answer["position"].as_str())
+    else {
+        return Err(format!("command: {status} {answer}"));
+    };
+    if let Some(acked) = acked {
+        acked(post, acknowledged);
+    }
+    let read = stack
+        .http
+        .get(format!("{}/v1/posts/{post}", stack.query))
+        .query(&[("min_position", position)])
+        .send()
+        .await
+        .map_err(|err| format!("read: {err}"))?;
+    let status = read.status();
+    let body = read.bytes().await.map_err(|err| format!("read: {err}"))?;
+    if !status.is_success() {
+        return Err(format!("read: {status} {}", String::from_utf8_lossy(&body)));
+    }
+    let millis = |since: Instant| since.elapsed().as_secs_f64() * 1000.0;
+    Ok((millis(due.into_std()), millis(acknowledged)))
 }

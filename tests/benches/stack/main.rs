@@ -228,12 +228,12 @@ async fn run() -> Result<()> {
         freshness.from_ack.summary()
     );
 
-    // 3b. Live streams: subscribers connected while posts flow at the freshness rate; each
+    // 3b. Live streams: subscribers connected while posts flow at 1,000/s; each
     //     post's delivery to the streams next to its freshness, on the same posts.
     let subscribers: usize = env_parse("CHRONICLE_BENCH_STREAMS", STREAM_SUBSCRIBERS)?;
-    // The freshness measure's rate unless asked for another, which is taken as asked (the
-    // issue's figure is 1,000/s, above half the saturation of a slow machine).
-    let stream_rate: u64 = env_parse("CHRONICLE_BENCH_STREAMS_RATE", rate)?;
+    // The goal's 1,000/s, taken as asked even where that is more than half the saturation
+    // rate (unlike the freshness measure's).
+    let stream_rate: u64 = env_parse("CHRONICLE_BENCH_STREAMS_RATE", FRESHNESS_RATE)?;
     let query_pid = stack
         .pids()
         .into_iter()
@@ -243,10 +243,19 @@ async fn run() -> Result<()> {
     fixture.settle(&db).await?;
     let before = stack.cpu(&[]);
     measuring(&format!("live streams, {subscribers} subscribers"));
-    let streamed = streams::measure(&stack, query_pid, &users, subscribers, rate, duration).await?;
+    let streamed = streams::measure(
+        &stack,
+        query_pid,
+        &users,
+        &mix,
+        subscribers,
+        stream_rate,
+        duration,
+    )
+    .await?;
     let streams_cpu = stack.cpu(&[]).since(&before);
     println!(
-        "streams at {stream_rate}/s with {subscribers} subscribers: delivery {}; freshness (202 -> \
+        "streams at {stream_rate} commands/s with {subscribers} subscribers: delivery {}; freshness (202 -> \
          readable) {}; query API {:.1} MiB",
         streamed.delivery.summary(),
         streamed.freshness.from_ack.summary(),
@@ -416,7 +425,7 @@ async fn run() -> Result<()> {
         .bounded(&read_cpu),
         Measure::new(
             format!(
-                "stream delivery at {stream_rate}/s, {subscribers} streams, p50: 202 -> received \
+                "stream delivery at {stream_rate} commands/s, {subscribers} streams, p50: 202 -> received \
                  (baseline: 202 -> readable with min_position, same posts)"
             ),
             streamed.delivery.p(0.5),
@@ -427,7 +436,7 @@ async fn run() -> Result<()> {
         .bounded(&streams_cpu),
         Measure::new(
             format!(
-                "stream delivery at {stream_rate}/s, {subscribers} streams, p99: 202 -> received \
+                "stream delivery at {stream_rate} commands/s, {subscribers} streams, p99: 202 -> received \
                  (baseline: 202 -> readable with min_position, same posts)"
             ),
             streamed.delivery.p(0.99),
@@ -549,16 +558,17 @@ async fn run() -> Result<()> {
         ),
         format!(
             "streams: {subscribers} subscribers ({} of the global feed, {} of random users' home \
-             timelines, {} of random users' notifications), connected before {stream_rate} posts/s \
-             for {seconds:.0} s (the freshness measure's load, each post read back with its \
-             position); {} post messages received, {} streams ended early. Delivery (202 -> \
-             message, per stream that carries the post): {}; freshness of the same posts (202 \
-             -> readable): {}; from when each was due: {}; CPU meanwhile: {streams_cpu}; the \
-             query API's metrics: {}",
+             timelines, {} of random users' notifications), connected before the mix ({MIX}) \
+             flowed at {stream_rate} commands/s for {seconds:.0} s, each post read back with its \
+             position; {} post and {} notification messages received, {} streams ended early. \
+             Delivery (202 -> message, per stream that carries the post): {}; freshness of the \
+             same posts (202 -> readable): {}; from when each was due: {}; CPU meanwhile: \
+             {streams_cpu}; the query API's metrics: {}",
             streamed.streams[0],
             streamed.streams[1],
             streamed.streams[2],
             streamed.messages,
+            streamed.notifications,
             streamed.ended,
             streamed.delivery.summary(),
             streamed.freshness.from_ack.summary(),

@@ -1,17 +1,21 @@
 //! Live streams under load: subscribers of the feed, of home timelines and of notifications
-//! stay connected while posts are published at the freshness rate. Each post's delivery delay
-//! (its 202 to each stream's `post` message) is measured next to its freshness (its 202 to the
-//! read with its `min_position`), on the same posts, in the same seconds.
+//! stay connected while the command mix flows at a set rate (the goal's 1,000 commands/s): its
+//! posts reach the feed and timelines, its likes, follows and replies the notifications. Each
+//! post's delivery delay (its 202 to each stream's `post` message) is measured next to its
+//! freshness (its 202 to the read with its `min_position`), on the same posts, in the same
+//! seconds.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chronicle_tests::bench::{Freshness, Latencies, Result, rss_mib};
+use chronicle_tests::bench::{Freshness, Latencies, Result, open_loop, rss_mib};
 use chronicle_tests::workload::Rng;
 use tokio::sync::mpsc;
 
-use crate::freshness;
+use crate::commands::{self, Mix};
+use crate::freshness::{self, Services, publish_and_read};
 use crate::services::{Stack, User};
 
 /// What the measure saw.
@@ -24,6 +28,8 @@ pub(crate) struct Streamed {
     pub(crate) streams: [usize; 3],
     /// Messages of posts received in all.
     pub(crate) messages: usize,
+    /// Notification messages received in all.
+    pub(crate) notifications: usize,
     /// Streams that ended before the measure did (cut off, or failed).
     pub(crate) ended: usize,
     /// The query API's resident memory with every stream open, MiB (VmRSS).
@@ -36,12 +42,13 @@ pub(crate) struct Streamed {
 /// gets every message; the rest are timelines (six in ten) and notifications.
 const FEED_SHARE: f64 = 0.01;
 
-/// Opens `subscribers` streams, then publishes `rate` posts per second for `duration` and
-/// measures them (see the module's documentation).
+/// Opens `subscribers` streams, then sends `mix` at `rate` commands per second for `duration`
+/// and measures its posts (see the module's documentation).
 pub(crate) async fn measure(
     stack: &Stack,
     query_pid: u32,
     users: &[User],
+    mix: &Mix,
     subscribers: usize,
     rate: u64,
     duration: Duration,
@@ -51,6 +58,7 @@ pub(crate) async fn measure(
         .pool_max_idle_per_host(0)
         .build()?;
     let (received_tx, mut received) = mpsc::unbounded_channel::<(String, Instant)>();
+    let notified = Arc::new(AtomicUsize::new(0));
     let (opened_tx, mut opened) = mpsc::channel::<bool>(subscribers.max(1));
     let feeds = ((subscribers as f64 * FEED_SHARE).ceil() as usize).min(subscribers);
     let timelines = (subscribers - feeds) * 6 / 10;
@@ -71,7 +79,13 @@ pub(crate) async fn measure(
                 .bearer_auth(&user.token)
         };
         let (received_tx, opened_tx) = (received_tx.clone(), opened_tx.clone());
-        tasks.push(tokio::spawn(subscribe(request, received_tx, opened_tx)));
+        let notified = Arc::clone(&notified);
+        tasks.push(tokio::spawn(subscribe(
+            request,
+            received_tx,
+            notified,
+            opened_tx,
+        )));
     }
     drop((received_tx, opened_tx));
     let mut open = 0;
@@ -91,7 +105,7 @@ pub(crate) async fn measure(
             acks.lock().expect("acks").insert(post.to_owned(), at);
         })
     };
-    let fresh = freshness::measure(stack, users, rate, duration, Some(acked)).await?;
+    let fresh = mixed_load(stack, mix, rate, duration, acked).await?;
     let query_rss = rss_mib(query_pid);
     let rounds = stack
         .http
@@ -129,6 +143,7 @@ pub(crate) async fn measure(
         .collect();
     Ok(Streamed {
         messages: delays.len(),
+        notifications: notified.load(Ordering::Relaxed),
         delivery: Latencies::sorted(delays),
         freshness: fresh,
         streams: [feeds, timelines, notifications],
@@ -138,11 +153,53 @@ pub(crate) async fn measure(
     })
 }
 
+/// Sends `mix` at `rate` per second for `duration`: each post is published and read back as
+/// the freshness measure does (its 202 told to `acked`); every other command is sent and
+/// answered. The posts' freshness, unless more than 1% of the commands failed.
+async fn mixed_load(
+    stack: &Stack,
+    mix: &Mix,
+    rate: u64,
+    duration: Duration,
+    acked: freshness::Acked,
+) -> Result<Freshness> {
+    let (samples, failures) = open_loop(rate as f64, duration, |n, due| {
+        let request = mix.pick(&mut commands::seeded(n));
+        let (http, command, query, acked) = (
+            stack.http.clone(),
+            stack.command.clone(),
+            stack.query.clone(),
+            Arc::clone(&acked),
+        );
+        async move {
+            if request.is_post() {
+                let at = Services {
+                    http: &http,
+                    command: &command,
+                    query: &query,
+                };
+                let token = request.token().to_owned();
+                return publish_and_read(at, &token, due, Some(&acked))
+                    .await
+                    .map(Some);
+            }
+            if commands::send(&http, &command, request).await {
+                Ok(None)
+            } else {
+                Err("command: not 2xx".to_owned())
+            }
+        }
+    })
+    .await;
+    freshness::read_back(samples.into_iter().flatten().collect(), &failures)
+}
+
 /// Reads one stream until it ends: says whether it opened, then tells of every `post` message
-/// (its post id, when it arrived).
+/// (its post id, when it arrived) and counts the `notification` ones.
 async fn subscribe(
     request: reqwest::RequestBuilder,
     received: mpsc::UnboundedSender<(String, Instant)>,
+    notified: Arc<AtomicUsize>,
     opened: mpsc::Sender<bool>,
 ) {
     let mut response = match request.send().await {
@@ -162,6 +219,10 @@ async fn subscribe(
         while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
             let block: Vec<u8> = buffer.drain(..end + 2).collect();
             let block = String::from_utf8_lossy(&block);
+            if block.contains("\nevent: notification\n") {
+                notified.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             if !block.contains("\nevent: post\n") {
                 continue;
             }
