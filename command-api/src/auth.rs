@@ -1,9 +1,11 @@
-//! Who is acting: Ed25519-signed JWTs issued at registration, checked on every other command.
+//! Who is acting: Ed25519-signed JWTs issued at registration and login, checked on every other
+//! command together with their session.
 //!
 //! The acting user always comes from the token's `sub`, never from a request body. Signing and
-//! checking are [`chronicle_infra::token`]'s; this module holds the command API's keys: the
-//! private key it signs with, the public keys of retired signing keys whose tokens are still
-//! valid, and the HS256 secret of the tokens issued before Ed25519, while they last.
+//! checking are [`chronicle_infra::token`]'s and [`chronicle_infra::session`]'s; this module
+//! holds the command API's keys: the private key it signs with, the public keys of retired
+//! signing keys whose tokens are still valid, and the HS256 secret of the tokens issued before
+//! Ed25519, while they last.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +13,11 @@ use std::time::Duration;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use chronicle_infra::Problem;
-use chronicle_infra::token::{self, Issuer, KeyError, PublicKey, SigningKey, Verifier};
+use chronicle_infra::session::Sessions;
+use chronicle_infra::token::{
+    self, Bearer, Issued, Issuer, KeyError, PublicKey, SigningKey, Verifier,
+};
+use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -61,32 +67,34 @@ pub(crate) fn public_key_files(paths: &str) -> Result<RetiredKeys, KeyError> {
     token::public_key_files(paths).map(RetiredKeys)
 }
 
-/// Issues and checks tokens.
-#[derive(Clone, Debug)]
+/// The accepted tokens: what makes them (the signing key) and what checks them (the public
+/// keys, then the sessions table).
 pub(crate) struct Tokens {
     issuer: Issuer,
-    verifier: Verifier,
+    sessions: Sessions,
 }
 
 impl Tokens {
     /// Issues with `signing`; accepts its tokens, those of the `retired` keys, and, given the
-    /// `legacy` secret, the HS256 tokens made before Ed25519.
+    /// `legacy` secret, the HS256 tokens made before Ed25519, while their session in `pool`'s
+    /// database is live.
     pub(crate) fn new(
         signing: &SigningKey,
         retired: &RetiredKeys,
         legacy: Option<&Secret>,
         lifetime: Duration,
+        pool: &Pool,
     ) -> Tokens {
         let accepted = std::iter::once(signing.public_key()).chain(&retired.0);
         Tokens {
             issuer: Issuer::new(signing.clone(), lifetime),
-            verifier: Verifier::new(accepted, legacy.map(Secret::expose)),
+            sessions: Sessions::new(Verifier::new(accepted, legacy.map(Secret::expose)), pool),
         }
     }
 
-    /// A token for `user`.
-    pub(crate) fn issue(&self, user: Uuid) -> Result<String, Problem> {
-        self.issuer.issue(user)
+    /// A token for `user` in `session`.
+    pub(crate) fn issue(&self, user: Uuid, session: Uuid) -> Result<Issued, Problem> {
+        self.issuer.issue(user, session)
     }
 }
 
@@ -94,20 +102,34 @@ impl Tokens {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Actor(pub(crate) Uuid);
 
+/// The authenticated user making the request, with the session of their token.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Session(pub(crate) Bearer);
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Session, Problem> {
+        let bearer = state
+            .tokens
+            .sessions
+            .authenticate(token::bearer(&parts.headers)?)
+            .await?;
+        if let Some(limiter) = &state.per_user {
+            limiter.check(&bearer.user).inspect_err(|_| {
+                metrics::counter!("http_rate_limited_total", "by" => "user").increment(1);
+            })?;
+        }
+        Ok(Session(bearer))
+    }
+}
+
 impl FromRequestParts<AppState> for Actor {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Actor, Problem> {
-        let user = state
-            .tokens
-            .verifier
-            .verify(token::bearer(&parts.headers)?)?;
-        if let Some(limiter) = &state.per_user {
-            limiter.check(&user).inspect_err(|_| {
-                metrics::counter!("http_rate_limited_total", "by" => "user").increment(1);
-            })?;
-        }
-        Ok(Actor(user))
+        let Session(bearer) = Session::from_request_parts(parts, state).await?;
+        Ok(Actor(bearer.user))
     }
 }
 
@@ -129,21 +151,6 @@ pub(crate) mod tests {
         let path = std::env::temp_dir().join(format!("chronicle-unit-key-{}.pem", Uuid::now_v7()));
         std::fs::write(&path, pem.as_bytes()).expect("a key file");
         path
-    }
-
-    #[test]
-    fn issued_tokens_verify_and_the_legacy_secret_only_adds_hs256() {
-        let path = key_file();
-        let key = signing_key_file(path.to_str().expect("utf-8")).expect("key");
-        std::fs::remove_file(&path).ok();
-        let none = RetiredKeys::default();
-        let tokens = Tokens::new(&key, &none, None, Duration::from_secs(60));
-        let user = Uuid::now_v7();
-        let token = tokens.issue(user).expect("token");
-        assert_eq!(tokens.verifier.verify(&token).ok(), Some(user));
-        let with_legacy: Secret = "0123456789abcdef0123456789abcdef".parse().expect("secret");
-        let upgraded = Tokens::new(&key, &none, Some(&with_legacy), Duration::from_secs(60));
-        assert_eq!(upgraded.verifier.verify(&token).ok(), Some(user));
     }
 
     #[test]

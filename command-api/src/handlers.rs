@@ -26,6 +26,7 @@ use crate::AppState;
 use crate::auth::Actor;
 use crate::idempotency::{Appended, CommandError, IdempotencyKey, Sent};
 use crate::openapi::{IdempotencyHeader, MinPositions};
+use crate::password::Password;
 use crate::validate;
 use chronicle_infra::problem::ProblemBody;
 
@@ -44,6 +45,11 @@ pub(crate) struct RegisterRequest {
     /// At most 160 characters after trimming; no U+0000.
     #[serde(default)]
     bio: Option<String>,
+    /// 8–128 characters, any (never trimmed). Kept only as an argon2id hash, never in the event
+    /// log.
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 128,
+             example = "correct horse battery staple")]
+    password: Password,
 }
 
 /// A new user, with a token for their commands.
@@ -51,7 +57,7 @@ pub(crate) struct RegisterRequest {
 pub(crate) struct Registered {
     user_id: Uuid,
     handle: String,
-    /// A bearer token (JWT) whose subject is the new user.
+    /// A bearer token (JWT) whose subject is the new user, for a new session.
     token: String,
     /// Where the UserRegistered event sits in the log (for `min_position`).
     position: String,
@@ -228,10 +234,13 @@ fn address_scope(ip: IpAddr) -> Uuid {
     Uuid::from_bytes(v6.octets())
 }
 
-/// `POST /v1/users`: reserve the handle (atomically, in the write-side table), then append
-/// UserRegistered. Without an Idempotency-Key, a reservation whose event the broker refused is
-/// released; with one, or when the outcome is unknown, it is kept for the retry, which appends
-/// the same event.
+/// `POST /v1/users`: hash the password, reserve the handle with it (atomically, in the
+/// write-side tables), then append UserRegistered, and open a session. Without an
+/// Idempotency-Key, a reservation whose event the broker refused is released; with one, or when
+/// the outcome is unknown, it is kept for the retry, which appends the same event.
+///
+/// The password is not part of the key's fingerprint (which is stored): a retry with the key is
+/// answered as the first attempt was, and the password is the first attempt's.
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = RegisterRequest,
     params(IdempotencyHeader),
     responses(
@@ -251,12 +260,15 @@ pub(crate) async fn register(
     let handle = validate::handle(&request.handle)?;
     let display_name = validate::display_name(&request.display_name)?;
     let bio = validate::bio(request.bio.as_deref().unwrap_or(""))?;
+    let password = request.password;
+    password.check_new("password")?;
     let fingerprint = format!("register\n{handle}\n{display_name}\n{bio}");
     let user_id = Uuid::now_v7();
+    let password_hash = app.hasher.hash(&password).await?;
 
     let appended = app
         .append_once(address_scope(client), &key, &fingerprint, async || {
-            app.reserve_handle(&handle, user_id).await?;
+            app.reserve_handle(&handle, user_id, &password_hash).await?;
             let event = Event::UserRegistered(UserRegistered {
                 user_id,
                 handle: handle.clone(),
@@ -278,35 +290,48 @@ pub(crate) async fn register(
         }
     };
     let user_id = appended.envelope.actor;
-    let token = app.tokens.issue(user_id)?;
+    let session = app.open_session(user_id).await?;
     Ok((
         StatusCode::CREATED,
         Json(Registered {
             user_id,
             handle,
-            token,
+            token: session.token,
             position: appended.position.encode(),
         }),
     ))
 }
 
 impl AppState {
-    /// Reserves `handle` for `user_id`, or answers 409 `handle_taken`.
-    async fn reserve_handle(&self, handle: &str, user_id: Uuid) -> Result<(), Problem> {
+    /// Reserves `handle` for `user_id`, with their password hash, or answers 409
+    /// `handle_taken`.
+    async fn reserve_handle(
+        &self,
+        handle: &str,
+        user_id: Uuid,
+        password_hash: &str,
+    ) -> Result<(), Problem> {
         let client = self.pool.get().await?;
         let reserve = client
             .prepare_cached(
-                "INSERT INTO command.handles (handle, user_id) VALUES ($1, $2)
-                 ON CONFLICT (handle) DO NOTHING",
+                "WITH reserved AS (
+                     INSERT INTO command.handles (handle, user_id) VALUES ($1, $2)
+                     ON CONFLICT (handle) DO NOTHING RETURNING user_id)
+                 INSERT INTO command.credentials (user_id, password_hash)
+                 SELECT user_id, $3 FROM reserved",
             )
             .await?;
-        if client.execute(&reserve, &[&handle, &user_id]).await? == 0 {
+        if client
+            .execute(&reserve, &[&handle, &user_id, &password_hash])
+            .await?
+            == 0
+        {
             return Err(problems::handle_taken(handle));
         }
         Ok(())
     }
 
-    /// Gives up a reservation whose event was not appended.
+    /// Gives up a reservation whose event was not appended (its password hash goes with it).
     async fn release_handle(&self, handle: &str, user_id: Uuid) {
         let released = async {
             self.pool

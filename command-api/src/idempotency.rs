@@ -457,43 +457,17 @@ impl AppState {
     }
 }
 
-/// Most expired keys one cleanup statement deletes.
-const CLEANUP_BATCH: i64 = 1000;
-
-/// Deletes keys older than `ttl`, every `every`, in batches of [`CLEANUP_BATCH`], for as long as
-/// the process runs. Logs how many went.
+/// Deletes keys older than `ttl`, every `every`, for as long as the process runs.
 pub(crate) async fn cleanup(pool: Pool, ttl: Duration, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match delete_expired(&pool, ttl).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "deleted expired idempotency keys"),
-            Err(err) => tracing::warn!(error = %err, "failed to delete expired idempotency keys"),
-        }
-    }
-}
-
-async fn delete_expired(pool: &Pool, ttl: Duration) -> anyhow::Result<u64> {
-    let client = pool.get().await?;
-    let delete = client
-        .prepare_cached(
-            "DELETE FROM command.idempotency_keys WHERE (scope, key) IN (
-                 SELECT scope, key FROM command.idempotency_keys
-                 WHERE created_at <= now() - make_interval(secs => $1)
-                 LIMIT $2)",
-        )
-        .await?;
-    let ttl = ttl.as_secs_f64();
-    let mut total = 0;
-    loop {
-        let deleted = client.execute(&delete, &[&ttl, &CLEANUP_BATCH]).await?;
-        total += deleted;
-        if deleted < CLEANUP_BATCH.unsigned_abs() {
-            return Ok(total);
-        }
-    }
+    let purge = crate::purge::Purge {
+        sql: "DELETE FROM command.idempotency_keys WHERE (scope, key) IN (
+                  SELECT scope, key FROM command.idempotency_keys
+                  WHERE created_at <= now() - make_interval(secs => $1)
+                  LIMIT $2)",
+        what: "expired idempotency keys",
+        age: ttl,
+    };
+    crate::purge::every(pool, every, purge).await;
 }
 
 #[cfg(test)]
@@ -541,16 +515,19 @@ mod tests {
         let app = AppState(Arc::new(Shared {
             producer,
             lookups: crate::lookup::Lookups::start(&pool),
-            pool,
-            progress: chronicle_infra::progress::Progress::follow(
-                config.database.pg_config().expect("a database config"),
-                config.kafka.topic.clone(),
-            ),
             tokens: auth::Tokens::new(
                 &config.token_signing_key,
                 &config.token_public_keys,
                 None,
                 Duration::from_secs(60),
+                &pool,
+            ),
+            hasher: crate::password::Hasher::new(&config.password_hash).expect("a hasher"),
+            failures: crate::password::Failures::default(),
+            pool,
+            progress: chronicle_infra::progress::Progress::follow(
+                config.database.pg_config().expect("a database config"),
+                config.kafka.topic.clone(),
             ),
             per_user: None,
             consistency_wait: Duration::from_secs(1),

@@ -7,12 +7,15 @@
 //! state that makes handles unique) and reads, never writes, the projector's read models to check
 //! that the posts and users a command names exist.
 
+mod account;
 mod auth;
 mod handlers;
 mod idempotency;
 mod lookup;
 mod openapi;
+mod password;
 mod problems;
+mod purge;
 mod validate;
 
 use std::future::Future;
@@ -53,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "idempotency_key_expiry",
         sql: include_str!("../migrations/0003_idempotency_key_expiry.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "accounts",
+        sql: include_str!("../migrations/0004_accounts.sql"),
     },
 ];
 
@@ -119,6 +127,9 @@ pub struct Config {
     pub log_format: LogFormat,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub password_hash: password::HashArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -147,6 +158,10 @@ pub(crate) struct Shared {
     lookups: lookup::Lookups,
     progress: Progress,
     tokens: auth::Tokens,
+    /// Password hashing, off the async threads.
+    hasher: password::Hasher,
+    /// Failed password checks per handle (logins) and per user (password changes).
+    failures: password::Failures,
     /// Commands per user (`None`: unlimited).
     per_user: Option<RateLimiter<Uuid>>,
     consistency_wait: Duration,
@@ -196,21 +211,30 @@ impl Application {
             idempotency_ttl,
             cleanup_period(idempotency_ttl),
         ));
+        let token_ttl = Duration::from_secs(config.token_ttl_secs);
+        tokio::spawn(account::cleanup(
+            pool.clone(),
+            token_ttl,
+            cleanup_period(token_ttl),
+        ));
         let progress = Progress::follow(config.database.pg_config()?, config.kafka.topic.clone());
         let state = AppState(Arc::new(Shared {
             producer: producer.clone(),
             lookups: lookup::Lookups::start(&pool),
-            pool,
             progress,
             tokens: auth::Tokens::new(
                 &config.token_signing_key,
                 &config.token_public_keys,
                 config.jwt_secret.as_ref(),
-                Duration::from_secs(config.token_ttl_secs),
+                token_ttl,
+                &pool,
             ),
+            hasher: password::Hasher::new(&config.password_hash)?,
+            failures: password::Failures::default(),
             per_user: config.limits.limiter(config.rate_limit_per_user),
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
             idempotency_ttl,
+            pool,
         }));
         let server = Server::bind("command-api", config.addr).await?;
         // Outside the request timeout, so that handlers know when it will end them.
@@ -257,8 +281,8 @@ fn parse_ttl_hours(value: &str) -> Result<f64, String> {
     }
 }
 
-/// How often expired idempotency keys are looked for: a quarter of their lifetime, between one
-/// second and ten minutes.
+/// How often expired rows (idempotency keys, sessions) are looked for: a quarter of their
+/// lifetime, between one second and ten minutes.
 fn cleanup_period(ttl: Duration) -> Duration {
     (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600))
 }
@@ -268,6 +292,9 @@ fn router(state: AppState) -> Router {
         .route("/readyz", axum::routing::get(handlers::ready))
         .route("/v1/users", post(handlers::register))
         .route("/v1/users/me", patch(handlers::update_profile))
+        .route("/v1/users/me/password", put(account::change_password))
+        .route("/v1/sessions", post(account::login))
+        .route("/v1/sessions/current", delete(account::logout))
         .route("/v1/posts", post(handlers::publish))
         .route("/v1/posts/{post_id}", delete(handlers::delete_post))
         .route(

@@ -11,7 +11,7 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::{RefOr, Required};
 use utoipa::{IntoParams, Modify, OpenApi};
 
-use crate::handlers;
+use crate::{account, handlers};
 
 pub(crate) use chronicle_infra::http::MinPositions;
 
@@ -51,6 +51,9 @@ pub(crate) struct IdempotencyHeader {
         handlers::follow,
         handlers::unfollow,
         handlers::read_notifications,
+        account::login,
+        account::logout,
+        account::change_password,
     ),
     components(schemas(ProblemBody)),
     modifiers(&BearerAuth, &SharedProblems, &Constraints),
@@ -58,6 +61,8 @@ pub(crate) struct IdempotencyHeader {
         (name = "users", description = "Registration, profiles and follows"),
         (name = "posts", description = "Posts and likes"),
         (name = "notifications", description = "Marking notifications read"),
+        (name = "sessions", description = "Logging in and out, and passwords (not events: \
+                                           credentials never enter the log)"),
     )
 )]
 pub(crate) struct ApiDoc;
@@ -219,6 +224,9 @@ mod tests {
             ("/v1/users/me/following/{user_id}", "put"),
             ("/v1/users/me/following/{user_id}", "delete"),
             ("/v1/me/notifications/read", "post"),
+            ("/v1/sessions", "post"),
+            ("/v1/sessions/current", "delete"),
+            ("/v1/users/me/password", "put"),
         ] {
             assert!(
                 paths[path][method].is_object(),
@@ -236,8 +244,17 @@ mod tests {
             for (method, operation) in item.as_object().expect("path item") {
                 operations += 1;
                 let responses = &operation["responses"];
-                // Every command takes an Idempotency-Key, which may be reused for another request.
-                let mut statuses = vec!["400", "408", "413", "422", "429", "500", "503"];
+                // Sessions and passwords are not commands: no event, no Idempotency-Key.
+                let command = operation["tags"][0] != "sessions";
+                let mut statuses = vec!["408", "413", "429", "500", "503"];
+                if command || operation["requestBody"].is_object() {
+                    statuses.push("400");
+                }
+                if command {
+                    // Every command takes an Idempotency-Key, which may be reused for another
+                    // request.
+                    statuses.push("422");
+                }
                 if operation["requestBody"].is_object() {
                     statuses.push("415");
                 }
@@ -259,6 +276,9 @@ mod tests {
                         "{method} {path}: {status} without Retry-After"
                     );
                 }
+                if !command {
+                    continue;
+                }
                 let key = operation["parameters"]
                     .as_array()
                     .and_then(|ps| ps.iter().find(|p| p["name"] == "Idempotency-Key"))
@@ -266,7 +286,7 @@ mod tests {
                 assert_eq!(key["schema"]["maxLength"], 64);
             }
         }
-        assert_eq!(operations, 9);
+        assert_eq!(operations, 12);
         assert!(paths["/v1/posts"]["post"]["responses"]["404"].is_object());
         assert!(paths["/v1/users"]["post"]["responses"]["409"].is_object());
         assert!(paths["/v1/posts/{post_id}"]["delete"]["responses"]["403"].is_object());

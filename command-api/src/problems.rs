@@ -43,3 +43,15 @@ pub(crate) fn cannot_follow_self() -> Problem {
     )
     .titled("You cannot follow yourself")
 }
+
+/// `invalid_credentials` (401 at login, 403 where a token already says who acts): the handle
+/// and password do not match. The same answer whether the handle exists or not.
+pub(crate) fn invalid_credentials(status: StatusCode) -> Problem {
+    invalid_credentials_because(status, "the handle or password is wrong")
+}
+
+/// `invalid_credentials` with a more specific `detail`, for callers who already proved who they
+/// are.
+pub(crate) fn invalid_credentials_because(status: StatusCode, detail: &str) -> Problem {
+    Problem::new(status, "invalid_credentials", detail).titled("Invalid credentials")
+}

@@ -8,6 +8,7 @@
 
 pub mod apidoc;
 pub mod client;
+pub mod coalesce;
 pub mod db;
 pub mod http;
 pub mod kafka;
@@ -15,6 +16,7 @@ pub mod limit;
 pub mod position;
 pub mod problem;
 pub mod progress;
+pub mod session;
 pub mod shutdown;
 pub mod telemetry;
 pub mod token;

@@ -1,4 +1,11 @@
-//! Bearer tokens: Ed25519-signed JWTs (`alg: EdDSA`) whose `sub` is the acting user.
+//! Bearer tokens: Ed25519-signed JWTs (`alg: EdDSA`) whose `sub` is the acting user and whose
+//! `sid` names the session they belong to.
+//!
+//! A signature proves who issued a token, not that it still holds: a session ends when its user
+//! logs out, changes their password or is erased, and its tokens with it. So every service that
+//! accepts a token also asks [`crate::session`] whether its session is live. Tokens issued
+//! before sessions existed have no `sid`; they belong to their user's *legacy session*, whose
+//! id is the user's id.
 //!
 //! The command API holds the private key and issues tokens; anything that only checks them (the
 //! query API) holds public keys alone, so it cannot make a token. Every token names its key in
@@ -33,8 +40,37 @@ const LEEWAY_SECS: u64 = 5;
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
+    /// The session; absent in tokens issued before sessions existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
     iat: i64,
     exp: i64,
+}
+
+/// Who a valid token speaks for, and in which session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bearer {
+    /// The acting user (`sub`).
+    pub user: Uuid,
+    /// The session (`sid`), or the user's id for a token issued before sessions existed.
+    pub session: Uuid,
+}
+
+/// A token just issued.
+pub struct Issued {
+    /// The token itself (a secret: never log it).
+    pub token: String,
+    /// When it expires.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("token", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// An Ed25519 public key, with the id tokens signed by its private key carry.
@@ -161,19 +197,23 @@ impl Issuer {
         Issuer { key, lifetime }
     }
 
-    /// A token for `user`.
-    pub fn issue(&self, user: Uuid) -> Result<String, Problem> {
+    /// A token for `user` in `session`.
+    pub fn issue(&self, user: Uuid, session: Uuid) -> Result<Issued, Problem> {
         let now = chrono::Utc::now().timestamp();
         let lifetime = i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX);
         let claims = Claims {
             sub: user.to_string(),
+            sid: Some(session.to_string()),
             iat: now,
             exp: now.saturating_add(lifetime),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.key.public.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key.encoding)
-            .map_err(|err| Problem::internal(&err))
+        let token = jsonwebtoken::encode(&header, &claims, &self.key.encoding)
+            .map_err(|err| Problem::internal(&err))?;
+        let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0)
+            .ok_or_else(|| Problem::internal(&"a token lifetime past the year 262143"))?;
+        Ok(Issued { token, expires_at })
     }
 }
 
@@ -218,13 +258,14 @@ impl Verifier {
         }))
     }
 
-    /// The user a token speaks for.
-    pub fn verify(&self, token: &str) -> Result<Uuid, Problem> {
-        self.verify_until(token).map(|(user, _)| user)
+    /// Who a token speaks for, if its signature and lifetime hold (not whether its session is
+    /// live: [`crate::session`] asks that).
+    pub fn verify(&self, token: &str) -> Result<Bearer, Problem> {
+        self.verify_until(token).map(|(bearer, _)| bearer)
     }
 
-    /// The user a token speaks for, and when it expires (`exp`, seconds since the epoch).
-    fn verify_until(&self, token: &str) -> Result<(Uuid, i64), Problem> {
+    /// Who a token speaks for, and when it expires (`exp`, seconds since the epoch).
+    fn verify_until(&self, token: &str) -> Result<(Bearer, i64), Problem> {
         let refused = |reason: &dyn std::fmt::Display| {
             tracing::debug!(%reason, "token refused");
             Problem::unauthorized("the bearer token is invalid or expired")
@@ -253,7 +294,12 @@ impl Verifier {
             jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|err| refused(&err))?;
         let user = Uuid::parse_str(&data.claims.sub)
             .map_err(|_| Problem::unauthorized("the bearer token does not name a user"))?;
-        Ok((user, data.claims.exp))
+        let session = match &data.claims.sid {
+            Some(sid) => Uuid::parse_str(sid)
+                .map_err(|_| Problem::unauthorized("the bearer token names no valid session"))?,
+            None => user,
+        };
+        Ok((Bearer { user, session }, data.claims.exp))
     }
 }
 
@@ -261,13 +307,13 @@ impl Verifier {
 const REMEMBERED_TOKENS: usize = 10_000;
 
 /// A [`Verifier`] that remembers the tokens it accepted until they expire, so that a client
-/// that reads often with one token pays for its signature check once. A token is looked up by
+/// that sends often with one token pays for its signature check once. A token is looked up by
 /// its whole text, so only the very token that was checked is let through; an expired one is
-/// checked again (and refused). Nothing can revoke a token before it expires yet: when
-/// something can, it must be consulted here too.
+/// checked again (and refused). It remembers signatures only: whether the session is still
+/// live is asked on every request ([`crate::session::Sessions`]).
 pub struct CachingVerifier {
     verifier: Verifier,
-    accepted: std::sync::Mutex<HashMap<String, (Uuid, i64)>>,
+    accepted: std::sync::Mutex<HashMap<String, (Bearer, i64)>>,
 }
 
 impl CachingVerifier {
@@ -279,8 +325,8 @@ impl CachingVerifier {
         }
     }
 
-    /// The user a token speaks for.
-    pub fn verify(&self, token: &str) -> Result<Uuid, Problem> {
+    /// Who a token speaks for ([`Verifier::verify`]).
+    pub fn verify(&self, token: &str) -> Result<Bearer, Problem> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| {
@@ -288,21 +334,21 @@ impl CachingVerifier {
             });
         let leeway = i64::try_from(LEEWAY_SECS).unwrap_or(0);
         let remembered = self.remembered().get(token).copied();
-        if let Some((user, expires)) = remembered
+        if let Some((bearer, expires)) = remembered
             && now < expires.saturating_add(leeway)
         {
-            return Ok(user);
+            return Ok(bearer);
         }
-        let (user, expires) = self.verifier.verify_until(token)?;
+        let (bearer, expires) = self.verifier.verify_until(token)?;
         let mut accepted = self.remembered();
         if accepted.len() >= REMEMBERED_TOKENS {
             accepted.clear();
         }
-        accepted.insert(token.to_owned(), (user, expires));
-        Ok(user)
+        accepted.insert(token.to_owned(), (bearer, expires));
+        Ok(bearer)
     }
 
-    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Uuid, i64)>> {
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Bearer, i64)>> {
         // A panic while the map was held leaves it as it was: still a map of checked tokens.
         self.accepted
             .lock()
@@ -366,9 +412,13 @@ mod tests {
         let verifier = CachingVerifier::new(verifier(&[1]));
         let issuer = issuer(1);
         let user = Uuid::now_v7();
-        let token = issuer.issue(user).expect("token");
-        assert_eq!(verifier.verify(&token).ok(), Some(user));
-        assert_eq!(verifier.verify(&token).ok(), Some(user), "remembered");
+        let token = issuer.issue(user, user).expect("token").token;
+        assert_eq!(verifier.verify(&token).ok().map(|b| b.user), Some(user));
+        assert_eq!(
+            verifier.verify(&token).ok().map(|b| b.user),
+            Some(user),
+            "remembered"
+        );
         // One character off is another token, checked (and refused).
         let mut forged = token.clone();
         let last = forged.pop().expect("a character");
@@ -378,15 +428,23 @@ mod tests {
         let an_hour_ago = chrono::Utc::now().timestamp() - 3600;
         let claims = Claims {
             sub: user.to_string(),
+            sid: None,
             iat: an_hour_ago - 60,
             exp: an_hour_ago,
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(issuer.key.public.kid().to_owned());
         let expired = jsonwebtoken::encode(&header, &claims, &issuer.key.encoding).expect("token");
-        verifier
-            .remembered()
-            .insert(expired.clone(), (user, an_hour_ago));
+        verifier.remembered().insert(
+            expired.clone(),
+            (
+                Bearer {
+                    user,
+                    session: user,
+                },
+                an_hour_ago,
+            ),
+        );
         assert!(verifier.verify(&expired).is_err());
         assert!(!format!("{verifier:?}").contains(&token));
     }
@@ -421,11 +479,49 @@ mod tests {
     fn a_token_names_its_user_and_its_key() {
         let issuer = issuer(1);
         let user = Uuid::now_v7();
-        let token = issuer.issue(user).expect("token");
+        let token = issuer.issue(user, user).expect("token").token;
         let header = jsonwebtoken::decode_header(&token).expect("header");
         assert_eq!(header.alg, Algorithm::EdDSA);
         assert_eq!(header.kid.as_deref(), Some(issuer.key.public.kid()));
-        assert_eq!(verifier(&[1]).verify(&token).expect("valid"), user);
+        assert_eq!(verifier(&[1]).verify(&token).expect("valid").user, user);
+    }
+
+    #[test]
+    fn a_token_names_its_session_and_one_without_belongs_to_the_legacy_session() {
+        let issuer = issuer(1);
+        let (user, session) = (Uuid::now_v7(), Uuid::now_v7());
+        let issued = issuer.issue(user, session).expect("token");
+        assert_eq!(
+            verifier(&[1]).verify(&issued.token).expect("valid"),
+            Bearer { user, session }
+        );
+        let lifetime = issued.expires_at - chrono::Utc::now();
+        assert!((55..=60).contains(&lifetime.num_seconds()), "{lifetime}");
+        assert!(!format!("{issued:?}").contains(&issued.token));
+        let now = chrono::Utc::now().timestamp();
+        let legacy = Claims {
+            sub: user.to_string(),
+            sid: None,
+            iat: now,
+            exp: now + 60,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(issuer.key.public.kid().to_owned());
+        let old = jsonwebtoken::encode(&header, &legacy, &issuer.key.encoding).expect("token");
+        let bearer = verifier(&[1]).verify(&old).expect("valid");
+        assert_eq!(
+            bearer,
+            Bearer {
+                user,
+                session: user
+            }
+        );
+        let bad = Claims {
+            sid: Some("not-a-uuid".to_owned()),
+            ..legacy
+        };
+        let bad = jsonwebtoken::encode(&header, &bad, &issuer.key.encoding).expect("token");
+        assert!(verifier(&[1]).verify(&bad).is_err());
     }
 
     #[test]
@@ -446,10 +542,20 @@ mod tests {
         let (old, new) = (issuer(1), issuer(2));
         let user = Uuid::now_v7();
         let both = verifier(&[1, 2]);
-        assert_eq!(both.verify(&old.issue(user).expect("old")).ok(), Some(user));
-        assert_eq!(both.verify(&new.issue(user).expect("new")).ok(), Some(user));
+        assert_eq!(
+            both.verify(&old.issue(user, user).expect("old").token)
+                .ok()
+                .map(|b| b.user),
+            Some(user)
+        );
+        assert_eq!(
+            both.verify(&new.issue(user, user).expect("new").token)
+                .ok()
+                .map(|b| b.user),
+            Some(user)
+        );
         let after = verifier(&[2]);
-        let refused = after.verify(&old.issue(user).expect("old"));
+        let refused = after.verify(&old.issue(user, user).expect("old").token);
         assert_eq!(refused.expect_err("retired").code(), "unauthorized");
     }
 
@@ -458,6 +564,7 @@ mod tests {
         let issuer = issuer(1);
         let claims = Claims {
             sub: Uuid::now_v7().to_string(),
+            sid: None,
             iat: 0,
             exp: i64::MAX / 2,
         };
@@ -476,6 +583,7 @@ mod tests {
         let user = Uuid::now_v7();
         let claims = Claims {
             sub: user.to_string(),
+            sid: None,
             iat: 0,
             exp: chrono::Utc::now().timestamp() + 60,
         };
@@ -487,7 +595,7 @@ mod tests {
         .expect("token");
         assert!(verifier(&[1]).verify(&token).is_err());
         let legacy = verifier_with(&[1], Some(secret));
-        assert_eq!(legacy.verify(&token).ok(), Some(user));
+        assert_eq!(legacy.verify(&token).ok().map(|b| b.user), Some(user));
         let other = verifier_with(&[1], Some(b"fedcba9876543210fedcba9876543210"));
         assert!(other.verify(&token).is_err());
     }

@@ -26,8 +26,9 @@ use chronicle_infra::db::DatabaseArgs;
 use chronicle_infra::http::{Server, install_metrics, with_common_layers};
 use chronicle_infra::limit::{LimitArgs, limit_requests};
 use chronicle_infra::progress::Progress;
+use chronicle_infra::session::Sessions;
 use chronicle_infra::telemetry::LogFormat;
-use chronicle_infra::token::{self, CachingVerifier, PublicKey, Verifier};
+use chronicle_infra::token::{self, PublicKey, Verifier};
 use deadpool_postgres::Pool;
 
 /// Configuration of the query API, from the environment (or flags).
@@ -120,7 +121,8 @@ pub(crate) struct Shared {
     pool: Pool,
     progress: Progress,
     consistency_wait: Duration,
-    tokens: CachingVerifier,
+    /// Checks bearer tokens: signature, lifetime, and a live session.
+    tokens: Sessions,
     hub: Arc<stream::Hub>,
     heartbeat: Duration,
 }
@@ -158,13 +160,13 @@ impl Application {
         let hub = Arc::new(stream::Hub::new(config.stream_buffer as usize));
         hub.spawn(config.database.pg_config()?, progress.clone())?;
         let state = AppState(Arc::new(Shared {
+            // No HS256 secret: whoever holds it can make tokens, which this service must not.
+            tokens: Sessions::new(Verifier::new(&config.token_verify_keys.0, None), &pool),
             pool,
             progress,
             hub,
             heartbeat: Duration::from_millis(config.stream_heartbeat_ms),
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
-            // No HS256 secret: whoever holds it can make tokens, which this service must not.
-            tokens: CachingVerifier::new(Verifier::new(&config.token_verify_keys.0, None)),
         }));
         let hub = Arc::clone(&state.hub);
         let server = Server::bind("query-api", config.addr).await?;

@@ -54,8 +54,11 @@ impl FromRequestParts<AppState> for Reader {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Reader, Problem> {
-        let user = state.tokens.verify(token::bearer(&parts.headers)?)?;
-        Ok(Reader(user))
+        let bearer = state
+            .tokens
+            .authenticate(token::bearer(&parts.headers)?)
+            .await?;
+        Ok(Reader(bearer.user))
     }
 }
 

@@ -23,6 +23,7 @@ mod load;
 mod model;
 mod postgres;
 
+mod accounts;
 mod auth;
 mod browser;
 mod cleanup;

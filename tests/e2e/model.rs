@@ -547,7 +547,7 @@ async fn check_user(app: &TestApp, model: &Model, checks: Checks, user: &str) ->
 }
 
 /// Compares `user`'s notifications and unread count (nothing is marked read in the model) with
-/// the model, reading them with a token the test signs for `user`.
+/// the model, reading them with a token the test makes for `user`.
 async fn check_notifications(
     app: &TestApp,
     model: &Model,
@@ -555,7 +555,7 @@ async fn check_notifications(
     user: &str,
     found: &mut Vec<String>,
 ) {
-    let token = app.token_for(user);
+    let token = app.session_token_for(user).await;
     let what = format!("notifications of {user}");
     let items = app
         .collect_private_pages("/v1/me/notifications", &token, checks.page_size)

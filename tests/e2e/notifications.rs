@@ -297,8 +297,13 @@ async fn only_the_bearer_of_a_valid_token_reads_notifications() {
             .await
             .assert_problem(401, "unauthorized");
     }
+    // A valid token, signed and unexpired, but of no session (never issued): refused.
+    let sessionless = app.token_for(&Uuid::now_v7().to_string());
+    read_as(&app, "/v1/me/notifications", &sessionless, NO_POSITIONS)
+        .await
+        .assert_problem(401, "unauthorized");
     // A valid token of a user with nothing yet: an empty list, 0 unread; bad paging is a 400.
-    let token = app.token_for(&Uuid::now_v7().to_string());
+    let token = app.register_user("nobody_yet", "Nobody").await.token;
     let resp = read_as(&app, "/v1/me/notifications", &token, NO_POSITIONS).await;
     resp.assert_status(200);
     assert_eq!(resp.body, json!({ "items": [], "next_cursor": null }));

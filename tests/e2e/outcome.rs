@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::broker::KafkaCluster;
-use crate::harness::{Resp, TestApp, scratch_dir};
+use crate::harness::{PASSWORD, Resp, TestApp, scratch_dir};
 
 /// Asserts a 503 `outcome_unknown` carrying its key in the header and the body; returns it.
 #[track_caller]
@@ -65,7 +65,7 @@ async fn a_broker_that_takes_the_event_and_never_answers_is_outcome_unknown_and_
         .send(
             app.command(Method::POST, "/v1/users")
                 .header("idempotency-key", &registration_key)
-                .json(&json!({ "handle": "ghost", "display_name": "Ghost" })),
+                .json(&json!({ "handle": "ghost", "display_name": "Ghost", "password": PASSWORD })),
         )
         .await;
     retried_registration.assert_status(201);
@@ -259,9 +259,7 @@ async fn two_registrations_of_one_handle_both_apply_and_the_earliest_holds_the_h
     // Act: each user changes their profile (after their registration, in its partition).
     let mut positions = vec![someone.position.clone()];
     for user in [early, late] {
-        let mut claims = TestApp::token_claims(&someone.token);
-        claims["sub"] = json!(user);
-        let token = app.sign_token(&claims);
+        let token = app.session_token_for(&user.to_string()).await;
         let resp = app
             .update_profile(&token, json!({ "bio": format!("I am {user}") }))
             .await;

@@ -108,7 +108,7 @@ fn register_as(app: &TestApp, client: &str, key: &str, handle: &str) -> RequestB
     app.command(reqwest::Method::POST, "/v1/users")
         .header("x-forwarded-for", client)
         .header("idempotency-key", key)
-        .json(&json!({ "handle": handle, "display_name": handle }))
+        .json(&json!({ "handle": handle, "display_name": handle, "password": crate::harness::PASSWORD }))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{NO_POSITIONS, Resp, TestApp, TestPost, TestUser, post_ids, user_ids};
+use crate::harness::{
+    NO_POSITIONS, PASSWORD, Resp, TestApp, TestPost, TestUser, post_ids, user_ids,
+};
 use crate::model::{Counters, Model, Op, assert_read_models};
 
 /// Asserts `value` is an RFC 3339 UTC timestamp with milliseconds (`2026-11-26T09:30:00.123Z`).
@@ -569,7 +571,7 @@ async fn metrics_show_latencies_produce_outcomes_pool_usage_and_lag() {
 async fn a_registration_key_replayed_from_another_address_gets_no_token() {
     // Arrange: a registration with a key, from 127.0.0.1.
     let app = TestApp::spawn().await;
-    let body = json!({ "handle": "keyed", "display_name": "Keyed" });
+    let body = json!({ "handle": "keyed", "display_name": "Keyed", "password": PASSWORD });
     let register = |client: &reqwest::Client| {
         client
             .post(format!("{}/v1/users", app.command_url))

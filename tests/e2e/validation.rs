@@ -7,7 +7,7 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, RequestBuilder};
 use serde_json::{Value, json};
 
-use crate::harness::{Resp, TestApp};
+use crate::harness::{PASSWORD, Resp, TestApp};
 
 /// Over the 64 KiB body limit.
 const OVERSIZED: usize = 70 * 1024;
@@ -119,6 +119,18 @@ async fn registration_rejects_bad_input_and_accepts_boundaries() {
         ("missing display_name", json!({"handle": "abc"}).to_string()),
         ("missing handle", json!({"display_name": "x"}).to_string()),
         (
+            "missing password",
+            json!({"handle": "abc", "display_name": "x"}).to_string(),
+        ),
+        (
+            "null password",
+            json!({"handle": "abc", "display_name": "x", "password": null}).to_string(),
+        ),
+        (
+            "password of the wrong type",
+            json!({"handle": "abc", "display_name": "x", "password": 12345678}).to_string(),
+        ),
+        (
             "unknown field user_id",
             json!({"handle": "abc", "display_name": "x", "user_id": uuid::Uuid::now_v7()})
                 .to_string(),
@@ -195,10 +207,28 @@ async fn registration_rejects_bad_input_and_accepts_boundaries() {
             Some(emoji(161)),
         ),
     ] {
-        let mut body = json!({"handle": handle, "display_name": display_name});
+        let mut body =
+            json!({"handle": handle, "display_name": display_name, "password": PASSWORD});
         if let Some(bio) = bio {
             body["bio"] = json!(bio);
         }
+        expect
+            .problem(
+                &format!("register: {label}"),
+                post().json(&body),
+                422,
+                "validation_failed",
+            )
+            .await;
+    }
+
+    // Passwords: 8 to 128 characters (counted as characters, never trimmed).
+    for (label, password) in [
+        ("a password of 7 characters", "1234567".to_owned()),
+        ("a password of 7 spaces", "       ".to_owned()),
+        ("a password of 129 emoji", emoji(129)),
+    ] {
+        let body = json!({"handle": "pw_rule", "display_name": "x", "password": password});
         expect
             .problem(
                 &format!("register: {label}"),
@@ -236,27 +266,27 @@ async fn registration_rejects_bad_input_and_accepts_boundaries() {
     for (label, body, handle) in [
         (
             "handle of 3",
-            json!({"handle": "abc", "display_name": "x"}),
+            json!({"handle": "abc", "display_name": "x", "password": PASSWORD}),
             "abc".to_owned(),
         ),
         (
             "handle of 30",
-            json!({"handle": letters(30), "display_name": "x"}),
+            json!({"handle": letters(30), "display_name": "x", "password": PASSWORD}),
             letters(30),
         ),
         (
             "mixed-case handle",
-            json!({"handle": " Mixed_Case_9 ", "display_name": "x"}),
+            json!({"handle": " Mixed_Case_9 ", "display_name": "x", "password": "12345678"}),
             "mixed_case_9".to_owned(),
         ),
         (
             "display_name of 50 emoji",
-            json!({"handle": "emoji_name", "display_name": emoji(50)}),
+            json!({"handle": "emoji_name", "display_name": emoji(50), "password": emoji(128)}),
             "emoji_name".to_owned(),
         ),
         (
             "bio of 160 emoji",
-            json!({"handle": "emoji_bio", "display_name": "x", "bio": emoji(160)}),
+            json!({"handle": "emoji_bio", "display_name": "x", "bio": emoji(160), "password": PASSWORD}),
             "emoji_bio".to_owned(),
         ),
     ] {
@@ -272,13 +302,14 @@ async fn registration_rejects_bad_input_and_accepts_boundaries() {
         }
     }
     // The body's media type may be omitted, or carry parameters.
-    let untyped = post().body(json!({"handle": "untyped", "display_name": "x"}).to_string());
+    let untyped = post()
+        .body(json!({"handle": "untyped", "display_name": "x", "password": PASSWORD}).to_string());
     expect
         .status("register: no Content-Type", untyped, 201)
         .await;
     let charset = post()
         .header(CONTENT_TYPE, "application/json; charset=utf-8")
-        .body(json!({"handle": "charset", "display_name": "x"}).to_string());
+        .body(json!({"handle": "charset", "display_name": "x", "password": PASSWORD}).to_string());
     expect
         .status("register: application/json; charset=utf-8", charset, 201)
         .await;

@@ -487,7 +487,7 @@ pub(crate) async fn notifications(
             .ok_or(missing)?,
         Err(malformed) => return Err(malformed),
     };
-    let user = app.tokens.verify(token)?;
+    let user = app.tokens.authenticate(token).await?.user;
     app.stream(Topic::Notifications(user), &pairs, &headers)
         .await
 }

@@ -196,7 +196,11 @@ impl Stack {
                     reqwest::Method::POST,
                     "/v1/users",
                     None,
-                    Some(json!({ "handle": format!("bench_{i}"), "display_name": format!("Bench {i}") })),
+                    Some(json!({
+                        "handle": format!("bench_{i}"),
+                        "display_name": format!("Bench {i}"),
+                        "password": format!("bench password {i}"),
+                    })),
                 )
                 .await?;
             Some((

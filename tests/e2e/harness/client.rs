@@ -43,10 +43,42 @@ impl TestApp {
             .await
     }
 
-    /// `POST /v1/users` with an arbitrary JSON body.
-    pub(crate) async fn register_with(&self, body: Value) -> Resp {
+    /// `POST /v1/users` with an arbitrary JSON body, given [`PASSWORD`] as its password
+    /// when it names none.
+    pub(crate) async fn register_with(&self, mut body: Value) -> Resp {
+        if let Some(fields) = body.as_object_mut() {
+            fields.entry("password").or_insert(json!(PASSWORD));
+        }
         self.send(self.command(Method::POST, "/v1/users").json(&body))
             .await
+    }
+
+    /// `POST /v1/sessions`: a login.
+    pub(crate) async fn login(&self, handle: &str, password: &str) -> Resp {
+        self.send(
+            self.command(Method::POST, "/v1/sessions")
+                .json(&json!({ "handle": handle, "password": password })),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/sessions/current`: a logout.
+    pub(crate) async fn logout(&self, token: &str) -> Resp {
+        self.send(
+            self.command(Method::DELETE, "/v1/sessions/current")
+                .bearer_auth(token),
+        )
+        .await
+    }
+
+    /// `PUT /v1/users/me/password` with `body`.
+    pub(crate) async fn change_password(&self, token: &str, body: Value) -> Resp {
+        self.send(
+            self.command(Method::PUT, "/v1/users/me/password")
+                .bearer_auth(token)
+                .json(&body),
+        )
+        .await
     }
 
     /// Appends `payload` keyed `key` straight to the test topic (to `partition` if given), as
@@ -362,10 +394,31 @@ impl TestApp {
         self.token_key.sign(claims)
     }
 
-    /// A token for `user`, valid for an hour, signed as the command API signs.
+    /// A token for `user`, valid for an hour, signed as the command API signed before sessions
+    /// existed (no `sid`): it belongs to the user's legacy session, which only users registered
+    /// before sessions have (the upgrade fixtures' users).
     pub(crate) fn token_for(&self, user: &str) -> String {
         let now = chrono::Utc::now().timestamp();
         self.sign_token(&json!({ "sub": user, "iat": now, "exp": now + 3600 }))
+    }
+
+    /// A token for `user`, valid for an hour, in a session the test opens for it straight in
+    /// the command API's table (as a login would, without the password).
+    pub(crate) async fn session_token_for(&self, user: &str) -> String {
+        let user_id: uuid::Uuid = user.parse().expect("a user id");
+        let session = uuid::Uuid::new_v4();
+        let now = chrono::Utc::now();
+        self.db()
+            .await
+            .execute(
+                "INSERT INTO command.sessions (session_id, user_id, expires_at)
+                 VALUES ($1, $2, $3)",
+                &[&session, &user_id, &(now + chrono::Duration::hours(1))],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot open a session for {user}: {e}"));
+        let now = now.timestamp();
+        self.sign_token(&json!({ "sub": user, "sid": session, "iat": now, "exp": now + 3600 }))
     }
 
     /// Every item of a private list endpoint of the query API (`GET path` with `token`),

@@ -43,3 +43,6 @@ pub(crate) const MAX_LIMIT: u32 = 100;
 
 /// No positions: the request does not wait for the read models.
 pub(crate) const NO_POSITIONS: &[String] = &[];
+
+/// The password test users register with (unless a test gives another).
+pub(crate) const PASSWORD: &str = "correct horse battery";
