@@ -83,10 +83,10 @@ pub(crate) async fn login(
 ) -> Result<(StatusCode, Json<LoggedIn>), Problem> {
     let handle = request.handle.trim().to_lowercase();
     let key: String = handle.chars().take(FAILURE_KEY_CHARS).collect();
+    let (user, stored) = app.credentials_by_handle(&handle).await?;
     app.failures
         .attempt(&key, Instant::now())
         .map_err(too_many_failures)?;
-    let (user, stored) = app.credentials_by_handle(&handle).await?;
     let matches = app.hasher.verify(&request.password, stored).await?;
     let Some(user) = user.filter(|_| matches) else {
         metrics::counter!("command_logins_total", "outcome" => "refused").increment(1);

@@ -268,13 +268,17 @@ pub(crate) async fn register(
 
     let appended = app
         .append_once(address_scope(client), &key, &fingerprint, async || {
+            // The key first: nothing may fail between the reservation and the append, or the
+            // handle would stay reserved for an event that never was.
+            let data_key = app.keys.of(user_id).await?;
             app.reserve_handle(&handle, user_id, &password_hash).await?;
-            let event = Event::UserRegistered(UserRegistered {
+            let mut event = Event::UserRegistered(UserRegistered {
                 user_id,
-                handle: handle.clone(),
-                display_name,
-                bio,
+                handle: handle.as_str().into(),
+                display_name: display_name.into(),
+                bio: bio.into(),
             });
+            event.seal_personal(&data_key);
             Ok(Envelope::new(user_id, event))
         })
         .await;
@@ -377,12 +381,13 @@ pub(crate) async fn update_profile(
         .transpose()?;
     let bio = request.bio.as_deref().map(validate::bio).transpose()?;
     let fingerprint = format!("profile\n{display_name:?}\n{bio:?}");
-    let event = Event::ProfileUpdated(ProfileUpdated {
+    let mut event = Event::ProfileUpdated(ProfileUpdated {
         user_id: actor,
-        display_name,
-        bio,
+        display_name: display_name.map(Into::into),
+        bio: bio.map(Into::into),
     });
     app.append_once(actor, &key, &fingerprint, async || {
+        event.seal_personal(&app.keys.of(actor).await?);
         Ok(Envelope::new(actor, event))
     })
     .await
@@ -419,12 +424,13 @@ pub(crate) async fn publish(
                 wait_for_positions(&app.progress, &positions, app.consistency_wait).await?;
                 app.post_author(parent).await?;
             }
-            let event = Event::PostPublished(PostPublished {
+            let mut event = Event::PostPublished(PostPublished {
                 post_id: Uuid::now_v7(),
                 author_id: actor,
-                body,
+                body: body.into(),
                 reply_to,
             });
+            event.seal_personal(&app.keys.of(actor).await?);
             Ok(Envelope::new(actor, event))
         })
         .await?;

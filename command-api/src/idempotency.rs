@@ -522,8 +522,11 @@ mod tests {
                 Duration::from_secs(60),
                 &pool,
             ),
-            hasher: crate::password::Hasher::new(&config.password_hash).expect("a hasher"),
+            hasher: crate::password::Hasher::start(&config.password_hash)
+                .await
+                .expect("a hasher"),
             failures: crate::password::Failures::default(),
+            keys: crate::keys::DataKeys::new(pool.clone()),
             pool,
             progress: chronicle_infra::progress::Progress::follow(
                 config.database.pg_config().expect("a database config"),

@@ -11,6 +11,7 @@ mod account;
 mod auth;
 mod handlers;
 mod idempotency;
+mod keys;
 mod lookup;
 mod openapi;
 mod password;
@@ -61,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "accounts",
         sql: include_str!("../migrations/0004_accounts.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "data_keys",
+        sql: include_str!("../migrations/0005_data_keys.sql"),
     },
 ];
 
@@ -160,6 +166,8 @@ pub(crate) struct Shared {
     tokens: auth::Tokens,
     /// Password hashing, off the async threads.
     hasher: password::Hasher,
+    /// The users' data keys, sealing their events' personal fields.
+    keys: keys::DataKeys,
     /// Failed password checks per handle (logins) and per user (password changes).
     failures: password::Failures,
     /// Commands per user (`None`: unlimited).
@@ -229,8 +237,9 @@ impl Application {
                 token_ttl,
                 &pool,
             ),
-            hasher: password::Hasher::new(&config.password_hash)?,
+            hasher: password::Hasher::start(&config.password_hash).await?,
             failures: password::Failures::default(),
+            keys: keys::DataKeys::new(pool.clone()),
             per_user: config.limits.limiter(config.rate_limit_per_user),
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
             idempotency_ttl,

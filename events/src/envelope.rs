@@ -223,7 +223,7 @@ mod tests {
             Event::ProfileUpdated(ProfileUpdated {
                 user_id: a,
                 display_name: None,
-                bio: Some(String::new()),
+                bio: Some(String::new().into()),
             }),
             Event::PostPublished(PostPublished {
                 post_id: b,

@@ -7,42 +7,46 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// A person joined Chronicle and reserved a handle.
+use crate::personal::{DataKey, OpenError, Text};
+
+/// A person joined Chronicle and reserved a handle (schema v2: personal fields may be sealed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRegistered {
     /// The new user's id (UUIDv7, made by the command side).
     pub user_id: Uuid,
-    /// The normalised (trimmed, lowercased) handle, unique across users.
-    pub handle: String,
-    /// The name shown next to the handle.
-    pub display_name: String,
-    /// A short self-description; empty when none was given.
+    /// The normalised (trimmed, lowercased) handle, unique across users. Personal.
+    pub handle: Text,
+    /// The name shown next to the handle. Personal.
+    pub display_name: Text,
+    /// A short self-description; empty when none was given. Personal.
     #[serde(default)]
-    pub bio: String,
+    pub bio: Text,
 }
 
-/// A user changed their display name and/or bio. `None` leaves a field as it was.
+/// A user changed their display name and/or bio. `None` leaves a field as it was (schema v2:
+/// personal fields may be sealed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileUpdated {
     /// The user whose profile changed.
     pub user_id: Uuid,
-    /// The new display name, if it changed.
+    /// The new display name, if it changed. Personal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
-    /// The new bio, if it changed (an empty string clears it).
+    pub display_name: Option<Text>,
+    /// The new bio, if it changed (an empty string clears it). Personal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bio: Option<String>,
+    pub bio: Option<Text>,
 }
 
-/// A user published a post, possibly as a reply to another post (schema v2; v1 had no replies).
+/// A user published a post, possibly as a reply to another post (schema v3; v2 added replies,
+/// v3 allows a sealed body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostPublished {
     /// The new post's id (UUIDv7, made by the command side).
     pub post_id: Uuid,
     /// The author.
     pub author_id: Uuid,
-    /// The text of the post, trimmed.
-    pub body: String,
+    /// The text of the post, trimmed. Personal.
+    pub body: Text,
     /// The post this one replies to, if any.
     pub reply_to: Option<Uuid>,
 }
@@ -185,8 +189,10 @@ impl EventKind {
     /// through the upcasters in `upcast.rs`.
     pub fn current_version(self) -> u32 {
         match self {
-            // v2: `reply_to`.
-            EventKind::PostPublished => 2,
+            // v2: `reply_to`; v3: a sealed body.
+            EventKind::PostPublished => 3,
+            // v2: sealed personal fields.
+            EventKind::UserRegistered | EventKind::ProfileUpdated => 2,
             _ => 1,
         }
     }
@@ -223,6 +229,73 @@ impl Event {
             Event::UserUnfollowed(e) => e.follower_id,
             Event::NotificationsRead(e) => e.user_id,
         }
+    }
+
+    /// The user whose data key seals this event's personal fields, if it has any.
+    pub fn personal_owner(&self) -> Option<Uuid> {
+        match self {
+            Event::UserRegistered(e) => Some(e.user_id),
+            Event::ProfileUpdated(e) => Some(e.user_id),
+            Event::PostPublished(e) => Some(e.author_id),
+            _ => None,
+        }
+    }
+
+    /// The personal fields, by name.
+    fn personal_mut(&mut self) -> Vec<(&'static str, &mut Text)> {
+        match self {
+            Event::UserRegistered(e) => vec![
+                ("handle", &mut e.handle),
+                ("display_name", &mut e.display_name),
+                ("bio", &mut e.bio),
+            ],
+            Event::ProfileUpdated(e) => [
+                e.display_name.as_mut().map(|text| ("display_name", text)),
+                e.bio.as_mut().map(|text| ("bio", text)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            Event::PostPublished(e) => vec![("body", &mut e.body)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Seals every personal field under `key`, the data key of [`Event::personal_owner`].
+    pub fn seal_personal(&mut self, key: &DataKey) {
+        let Some(owner) = self.personal_owner() else {
+            return;
+        };
+        for (field, text) in self.personal_mut() {
+            text.seal(field, owner, key);
+        }
+    }
+
+    /// The owners of the keys that open this event's sealed fields (none when nothing is
+    /// sealed).
+    pub fn sealed_by(&self) -> Vec<Uuid> {
+        let texts: Vec<&Text> = match self {
+            Event::UserRegistered(e) => vec![&e.handle, &e.display_name, &e.bio],
+            Event::ProfileUpdated(e) => e.display_name.iter().chain(&e.bio).collect(),
+            Event::PostPublished(e) => vec![&e.body],
+            _ => Vec::new(),
+        };
+        let mut owners: Vec<Uuid> = texts.into_iter().filter_map(Text::sealed_by).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        owners
+    }
+
+    /// Opens every sealed personal field with the keys `key_of` gives. On an error some fields
+    /// may be open and others not.
+    pub fn open_personal(
+        &mut self,
+        key_of: &impl Fn(Uuid) -> Option<DataKey>,
+    ) -> Result<(), OpenError> {
+        for (field, text) in self.personal_mut() {
+            text.open(field, key_of)?;
+        }
+        Ok(())
     }
 
     /// The payload as a JSON value, in the kind's current schema version.

@@ -42,12 +42,24 @@ pub const FIXTURES: &[(&str, &str)] = &[
         "v2/PostPublished.json",
         include_str!("../fixtures/v2/PostPublished.json"),
     ),
+    (
+        "v2/UserRegistered.json",
+        include_str!("../fixtures/v2/UserRegistered.json"),
+    ),
+    (
+        "v2/ProfileUpdated.json",
+        include_str!("../fixtures/v2/ProfileUpdated.json"),
+    ),
+    (
+        "v3/PostPublished.json",
+        include_str!("../fixtures/v3/PostPublished.json"),
+    ),
 ];
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Envelope, Event, EventKind};
+    use crate::{DataKey, Envelope, Event, EventKind, OpenError};
     use uuid::Uuid;
 
     fn uuid(text: &str) -> Uuid {
@@ -93,7 +105,7 @@ mod tests {
                 .to_json(),
         )
         .expect("json");
-        assert_eq!(rewritten["schema_version"], 2);
+        assert_eq!(rewritten["schema_version"], 3);
     }
 
     #[test]
@@ -108,5 +120,63 @@ mod tests {
             post.reply_to,
             Some(uuid("0190d0a0-0000-7000-8000-0000000000a0"))
         );
+    }
+
+    /// The fixture at `path`, decoded.
+    fn fixture(path: &str) -> Envelope {
+        let (_, json) = FIXTURES
+            .iter()
+            .find(|(p, _)| *p == path)
+            .unwrap_or_else(|| panic!("no fixture {path}"));
+        Envelope::from_json(json.as_bytes()).expect("decodes")
+    }
+
+    #[test]
+    fn sealed_fixtures_open_with_their_key_and_say_nothing_without_it() {
+        let owner = uuid("0190d0a0-0000-7000-8000-000000000001");
+        let key = DataKey::from_bytes(&[7; 32]).expect("the fixtures' key");
+        let key_of = |who: Uuid| (who == owner).then(|| key.clone());
+        for (path, json) in FIXTURES.iter().filter(|(_, json)| json.contains("A256GCM")) {
+            for plain in ["alice", "Alice", "Writes", "sealed reply"] {
+                assert!(!json.contains(plain), "{path} shows {plain:?}");
+            }
+            let mut envelope = fixture(path);
+            assert_eq!(envelope.event.sealed_by(), vec![owner], "{path}");
+            let mut shredded = envelope.event.clone();
+            assert_eq!(
+                shredded.open_personal(&|_| None),
+                Err(OpenError::NoKey(owner)),
+                "{path}"
+            );
+            envelope.event.open_personal(&key_of).expect("opens");
+            assert!(envelope.event.sealed_by().is_empty(), "{path}");
+        }
+        let Event::UserRegistered(user) = open(&fixture("v2/UserRegistered.json"), &key_of) else {
+            panic!("not a registration");
+        };
+        assert_eq!(
+            (user.handle, user.display_name, user.bio),
+            ("alice".into(), "Alice".into(), "Writes about logs.".into())
+        );
+        let Event::ProfileUpdated(update) = open(&fixture("v2/ProfileUpdated.json"), &key_of)
+        else {
+            panic!("not a profile update");
+        };
+        assert_eq!(update.display_name, Some("Alice A.".into()));
+        assert_eq!(update.bio, None);
+        let Event::PostPublished(post) = open(&fixture("v3/PostPublished.json"), &key_of) else {
+            panic!("not a post");
+        };
+        assert_eq!(post.body, "A sealed reply.");
+        assert_eq!(
+            post.reply_to,
+            Some(uuid("0190d0a0-0000-7000-8000-0000000000a0"))
+        );
+    }
+
+    fn open(envelope: &Envelope, key_of: &impl Fn(Uuid) -> Option<DataKey>) -> Event {
+        let mut event = envelope.event.clone();
+        event.open_personal(key_of).expect("opens");
+        event
     }
 }

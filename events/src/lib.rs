@@ -3,6 +3,8 @@
 //! Every change in Chronicle is one of the [`Event`]s below, wrapped in an [`Envelope`] that says
 //! who did it, when, to which aggregate, and in which schema version the payload is written.
 //! Envelopes travel through Kafka as JSON ([`Envelope::to_json`], [`Envelope::from_json`]).
+//! Personal fields travel sealed under their user's data key ([`personal`]), so that destroying
+//! the key erases them from every copy of the log.
 //!
 //! This crate owns the vocabulary and its encoding only. It never does I/O: the command side
 //! produces these events, the projector folds them into read models, and both depend on this
@@ -11,6 +13,7 @@
 mod envelope;
 mod event;
 pub mod fixtures;
+pub mod personal;
 mod upcast;
 
 pub use envelope::{DecodeError, Envelope};
@@ -18,3 +21,4 @@ pub use event::{
     Event, EventKind, NotificationsRead, PostDeleted, PostLiked, PostPublished, PostUnliked,
     ProfileUpdated, UserFollowed, UserRegistered, UserUnfollowed,
 };
+pub use personal::{DataKey, OpenError, Text};

@@ -20,6 +20,10 @@ fn step(kind: EventKind, from: u32, mut data: Value) -> Result<Value, String> {
             object.entry("reply_to").or_insert(Value::Null);
             Ok(data)
         }
+        // Sealed personal fields (UserRegistered v2, ProfileUpdated v2, PostPublished v3): a
+        // field may now be a sealed object; a plaintext string is still a valid field.
+        (EventKind::UserRegistered | EventKind::ProfileUpdated, 1)
+        | (EventKind::PostPublished, 2) => Ok(data),
         (kind, from) => Err(format!(
             "no upcaster from {} v{from} to v{}",
             kind.name(),

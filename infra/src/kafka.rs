@@ -591,7 +591,7 @@ mod tests {
             Event::PostPublished(chronicle_events::PostPublished {
                 post_id: user,
                 author_id: user,
-                body: "x".repeat(1000),
+                body: "x".repeat(1000).into(),
                 reply_to: None,
             }),
         );

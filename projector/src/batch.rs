@@ -219,16 +219,24 @@ impl Partition<'_> {
         let mut held = self.held_keys(&tx, &generation, &records).await?;
         let mut candidates: Vec<(&Record, Envelope)> = Vec::with_capacity(records.len());
         let mut dead = 0;
-        for record in records {
+        let decoded: Vec<Result<Envelope, String>> = records
+            .iter()
+            .map(|record| match record.payload.as_deref() {
+                Some(payload) => Envelope::from_json(payload).map_err(|err| err.to_string()),
+                None => Err("the message has no payload".to_owned()),
+            })
+            .collect();
+        let keys = crate::keys::for_envelopes(&tx, decoded.iter().flatten()).await?;
+        for (record, decoded) in records.iter().copied().zip(decoded) {
             if self.park_if_held(&tx, &generation, record, &held).await? {
                 dead += 1;
                 continue;
             }
-            let decoded = match record.payload.as_deref() {
-                Some(payload) => Envelope::from_json(payload).map_err(|err| err.to_string()),
-                None => Err("the message has no payload".to_owned()),
-            };
-            match decoded {
+            let opened = decoded.and_then(|mut envelope| {
+                crate::keys::open(&mut envelope, &keys)?;
+                Ok(envelope)
+            });
+            match opened {
                 Ok(envelope) => candidates.push((record, envelope)),
                 Err(err) => {
                     self.park(&tx, &generation, record, &err).await?;

@@ -12,6 +12,7 @@ mod batch;
 mod consumer;
 pub mod generation;
 mod inspect;
+mod keys;
 mod operate;
 mod projection;
 mod rebuild;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chronicle_events::{DecodeError, Envelope};
+use chronicle_events::Envelope;
 use chronicle_infra::kafka::KafkaArgs;
 use chronicle_infra::progress::{CHANNEL, notification_payload};
 use deadpool_postgres::Pool;
@@ -257,8 +257,12 @@ struct DeadLetter {
 }
 
 impl DeadLetter {
-    fn decode(&self) -> Result<Envelope, DecodeError> {
-        Envelope::from_json(self.payload.as_deref().unwrap_or_default())
+    /// The event, decoded, with its sealed fields opened.
+    async fn open(&self, tx: &deadpool_postgres::Transaction<'_>) -> anyhow::Result<Envelope> {
+        let mut envelope = Envelope::from_json(self.payload.as_deref().unwrap_or_default())?;
+        let keys = crate::keys::for_envelopes(tx, std::iter::once(&envelope)).await?;
+        crate::keys::open(&mut envelope, &keys).map_err(anyhow::Error::msg)?;
+        Ok(envelope)
     }
 }
 
@@ -331,7 +335,8 @@ async fn decide(pool: &Pool, topic: &str, id: i64, decision: Decision) -> anyhow
             }
             Decision::Retry => {
                 let envelope = head
-                    .decode()
+                    .open(&tx)
+                    .await
                     .with_context(|| format!("dead letter #{id} still cannot be decoded"))?;
                 let once = apply_once(&mut tx, &schema, layout, &envelope, &mut deltas)
                     .await
@@ -347,7 +352,7 @@ async fn decide(pool: &Pool, topic: &str, id: i64, decision: Decision) -> anyhow
         }
     }
     for held in queue {
-        let applied = match held.decode() {
+        let applied = match held.open(&tx).await {
             Ok(envelope) => apply_once(&mut tx, &schema, layout, &envelope, &mut deltas)
                 .await
                 .map(|once| {
@@ -359,7 +364,7 @@ async fn decide(pool: &Pool, topic: &str, id: i64, decision: Decision) -> anyhow
                     )
                 })
                 .map_err(|err| format!("could not apply: {err}")),
-            Err(err) => Err(err.to_string()),
+            Err(err) => Err(format!("{err:#}")),
         };
         match applied {
             Ok(what) => {

@@ -265,3 +265,34 @@ async fn a_user_registered_before_passwords_keeps_their_token_until_they_set_one
     app.logout(&carols).await.assert_status(204);
     assert_refused(&app, &carols).await;
 }
+
+#[tokio::test]
+async fn a_private_live_stream_ends_when_its_session_ends() {
+    // Arrange: alice's notifications stream, on a token of its own, with heartbeats every 300 ms
+    // (a stream checks its token at each heartbeat); a public stream next to it.
+    let app = TestApp::builder()
+        .env("CHRONICLE_STREAM_HEARTBEAT_MS", "300")
+        .spawn()
+        .await;
+    let alice = app.register_user("alice", "Alice").await;
+    let token = app.login("alice", PASSWORD).await.str_field("token");
+    let mut private = app
+        .open_stream("/v1/me/notifications/stream", None, Some(&token))
+        .await;
+    let mut public = app.open_stream("/v1/feed/stream", None, None).await;
+    assert!(
+        !private.ends_within(Duration::from_secs(1)).await,
+        "the stream stays open while its session is live"
+    );
+
+    // Act
+    app.logout(&token).await.assert_status(204);
+
+    // Assert: the private stream ends; the public one and alice's other session go on.
+    assert!(
+        private.ends_within(Duration::from_secs(60)).await,
+        "the stream of an ended session must end"
+    );
+    assert!(!public.ends_within(Duration::from_secs(1)).await);
+    assert_works(&app, &alice.token, "the registration's token").await;
+}

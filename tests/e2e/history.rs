@@ -119,3 +119,79 @@ async fn version_1_events_still_project() {
         .get(0);
     assert_eq!(dead, 0, "a fixture was dead-lettered");
 }
+
+/// The sealed fixtures (personal fields encrypted under the fixtures' key, 32 bytes of 7).
+const SEALED: &[&str] = &[
+    include_str!("../../events/fixtures/v2/UserRegistered.json"),
+    include_str!("../../events/fixtures/v2/ProfileUpdated.json"),
+    include_str!("../../events/fixtures/v3/PostPublished.json"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sealed_events_project_opened_and_one_without_its_key_is_set_aside() {
+    // Arrange: the fixtures' owner has the fixtures' data key; a copy of the sealed post names
+    // a key owner who has none.
+    let app = TestApp::builder().partitions(1).spawn().await;
+    let owner = uuid::Uuid::parse_str("0190d0a0-0000-7000-8000-000000000001").expect("uuid");
+    app.db()
+        .await
+        .execute(
+            "INSERT INTO command.data_keys (user_id, key_version, data_key) VALUES ($1, 1, $2)",
+            &[&owner, &vec![7u8; 32]],
+        )
+        .await
+        .expect("the fixtures' data key");
+    let mut keyless: Value = serde_json::from_str(SEALED[2]).expect("JSON");
+    let stranger = uuid::Uuid::now_v7();
+    keyless["event_id"] = serde_json::json!(uuid::Uuid::now_v7());
+    keyless["aggregate_id"] = serde_json::json!("0190d0a0-0000-7000-8000-0000000000a4");
+    keyless["data"]["post_id"] = keyless["aggregate_id"].clone();
+    keyless["data"]["body"]["key"] = serde_json::json!(stranger);
+
+    // Act
+    for fixture in SEALED {
+        let envelope: Value = serde_json::from_str(fixture).expect("fixture is JSON");
+        let key = envelope["aggregate_id"].as_str().expect("aggregate id");
+        app.produce_raw(key, None, fixture.as_bytes()).await;
+    }
+    app.produce_raw(
+        "0190d0a0-0000-7000-8000-0000000000a4",
+        None,
+        keyless.to_string().as_bytes(),
+    )
+    .await;
+    let later = app.register_user("later", "Later").await;
+    let after = vec![later.position.clone()];
+
+    // Assert: opened in the read models.
+    let alice = app
+        .get("/v1/users/0190d0a0-0000-7000-8000-000000000001", &after)
+        .await;
+    alice.assert_status(200);
+    assert_eq!(alice.str_field("handle"), "alice");
+    assert_eq!(alice.str_field("display_name"), "Alice A.");
+    assert_eq!(alice.str_field("bio"), "Writes about logs.");
+    let post = app
+        .get_post("0190d0a0-0000-7000-8000-0000000000a3", &after)
+        .await;
+    post.assert_status(200);
+    assert_eq!(post.str_field("body"), "A sealed reply.");
+    // The keyless post is a dead letter that says why.
+    app.get_post("0190d0a0-0000-7000-8000-0000000000a4", &after)
+        .await
+        .assert_problem(404, "post_not_found");
+    let errors: Vec<String> = app
+        .db()
+        .await
+        .query("SELECT error FROM projection.dead_letters", &[])
+        .await
+        .expect("dead letters")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains(&format!("the data key of user {stranger} is gone")),
+        "{errors:?}"
+    );
+}

@@ -46,6 +46,7 @@ mod projector_group;
 mod proxies;
 mod rebuild;
 mod scenario;
+mod sealed;
 mod search;
 mod streams;
 mod tls;

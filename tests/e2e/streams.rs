@@ -412,7 +412,7 @@ async fn posts_and_notifications_wait_for_their_authors_registration() {
             user_id: carol,
             handle: "carol".into(),
             display_name: "Carol".into(),
-            bio: String::new(),
+            bio: String::new().into(),
         }),
     );
     let registered_at = app

@@ -105,9 +105,9 @@ pub async fn generate(brokers: &str, topic: &str, count: usize) -> Result<Produc
             users.push(user_id);
             Event::UserRegistered(UserRegistered {
                 user_id,
-                handle: format!("user_{}", users.len()),
-                display_name: format!("User {}", users.len()),
-                bio: String::new(),
+                handle: format!("user_{}", users.len()).into(),
+                display_name: format!("User {}", users.len()).into(),
+                bio: String::new().into(),
             })
         } else if roll < 12 {
             let follower = users[zipf_users.sample(&mut rng, users.len())];
@@ -121,7 +121,7 @@ pub async fn generate(brokers: &str, topic: &str, count: usize) -> Result<Produc
             Event::ProfileUpdated(ProfileUpdated {
                 user_id,
                 display_name: None,
-                bio: Some(format!("bio at event {sent}")),
+                bio: Some(format!("bio at event {sent}").into()),
             })
         } else if roll < 38 || posts.is_empty() {
             let author = users[zipf_users.sample(&mut rng, users.len())];
@@ -132,7 +132,7 @@ pub async fn generate(brokers: &str, topic: &str, count: usize) -> Result<Produc
             Event::PostPublished(PostPublished {
                 post_id,
                 author_id: author,
-                body: format!("post number {} with some words in it", posts.len()),
+                body: format!("post number {} with some words in it", posts.len()).into(),
                 reply_to,
             })
         } else if roll < 40 {

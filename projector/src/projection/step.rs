@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use chronicle_events::{
     Envelope, Event, NotificationsRead, PostDeleted, PostLiked, PostPublished, PostUnliked,
-    ProfileUpdated, UserFollowed, UserRegistered, UserUnfollowed,
+    ProfileUpdated, Text, UserFollowed, UserRegistered, UserUnfollowed,
 };
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
@@ -138,8 +138,14 @@ impl<'a> Step<'a> {
     ) -> Result<(), Error> {
         let events = &self.profiles;
         let users: Vec<Uuid> = events.iter().map(|e| e.user_id).collect();
-        let names: Vec<Option<&str>> = events.iter().map(|e| e.display_name.as_deref()).collect();
-        let bios: Vec<Option<&str>> = events.iter().map(|e| e.bio.as_deref()).collect();
+        let names: Vec<Option<&str>> = events
+            .iter()
+            .map(|e| e.display_name.as_ref().map(Text::as_str))
+            .collect();
+        let bios: Vec<Option<&str>> = events
+            .iter()
+            .map(|e| e.bio.as_ref().map(Text::as_str))
+            .collect();
         execute(
             tx,
             schema,

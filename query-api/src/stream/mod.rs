@@ -249,6 +249,9 @@ struct Subscription {
     _registration: Registration,
     heartbeat: tokio::time::Interval,
     opened: bool,
+    /// The bearer token of a private stream, checked again at each heartbeat: the stream ends
+    /// once the token expires or its session ends (a logout, a password change).
+    token: Option<String>,
 }
 
 impl Subscription {
@@ -282,7 +285,12 @@ impl Subscription {
                         return Some(self.with_queued(chunk));
                     }
                 }
-                _ = self.heartbeat.tick() => return Some(self.heartbeat()),
+                _ = self.heartbeat.tick() => {
+                    if !self.still_authorized().await {
+                        return None;
+                    }
+                    return Some(self.heartbeat());
+                }
                 () = self.app.hub.closed() => return None,
             }
         }
@@ -333,6 +341,24 @@ impl Subscription {
         Ok(())
     }
 
+    /// Whether the stream's token (if it has one) is still valid and its session live. A
+    /// database that cannot say keeps the stream open until the next heartbeat asks again.
+    async fn still_authorized(&self) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        match self.app.tokens.authenticate(token).await {
+            Ok(_) => true,
+            Err(problem) if problem.code() == "unauthorized" => {
+                tracing::info!(
+                    "a private live stream ended: its token expired or its session ended"
+                );
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
     /// A comment that keeps the connection open, and, when the client has every message the
     /// hub handed out, the id of where the hub got (so that a quiet stream's id keeps up).
     fn heartbeat(&mut self) -> String {
@@ -354,6 +380,7 @@ impl AppState {
         topic: Topic,
         pairs: &[(String, String)],
         headers: &HeaderMap,
+        token: Option<String>,
     ) -> Result<Response, Problem> {
         let resume = match headers.get("last-event-id") {
             Some(value) => Some(value.to_str().unwrap_or_default().to_owned()),
@@ -398,6 +425,7 @@ impl AppState {
             _registration: registration,
             heartbeat,
             opened: false,
+            token,
         };
         let chunks = futures_util::stream::unfold(subscription, |mut subscription| async move {
             let chunk = subscription.next_chunk().await?;
@@ -446,7 +474,7 @@ pub(crate) async fn feed(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
-    app.stream(Topic::Feed, &query_pairs(query.as_deref())?, &headers)
+    app.stream(Topic::Feed, &query_pairs(query.as_deref())?, &headers, None)
         .await
 }
 
@@ -464,6 +492,7 @@ pub(crate) async fn timeline(
         Topic::Timeline(user_id),
         &query_pairs(query.as_deref())?,
         &headers,
+        None,
     )
     .await
 }
@@ -488,6 +517,7 @@ pub(crate) async fn notifications(
         Err(malformed) => return Err(malformed),
     };
     let user = app.tokens.authenticate(token).await?.user;
-    app.stream(Topic::Notifications(user), &pairs, &headers)
+    let token = Some(token.to_owned());
+    app.stream(Topic::Notifications(user), &pairs, &headers, token)
         .await
 }

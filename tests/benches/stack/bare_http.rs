@@ -83,7 +83,7 @@ async fn publish(State(bare): State<Bare>, Json(request): Json<Value>) -> Respon
     let event = Event::PostPublished(PostPublished {
         post_id,
         author_id: Uuid::now_v7(),
-        body,
+        body: body.into(),
         reply_to: None,
     });
     bare.append(event, Some(post_id)).await

@@ -136,6 +136,56 @@ impl TestApp {
         consumer
     }
 
+    /// Every record of the test topic, every partition from its first offset to its end, as
+    /// the bytes a copy of the log would hold: the key, each header's name and value, and the
+    /// payload, one after the other.
+    pub(crate) async fn whole_topic(&self) -> Vec<Vec<u8>> {
+        use rdkafka::Message as _;
+        use rdkafka::consumer::Consumer as _;
+        use rdkafka::message::Headers as _;
+        let consumer = self.topic_reader("whole-topic");
+        let (topic, partitions) = (self.topic.clone(), self.partitions);
+        tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(30);
+            let mut ends = HashMap::new();
+            for partition in 0..i32::try_from(partitions).expect("partitions fit in i32") {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, partition, timeout)
+                    .expect("the partition's end offset");
+                if high > 0 {
+                    ends.insert(partition, high);
+                }
+            }
+            let mut records = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !ends.is_empty() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the topic was not read within 60 s"
+                );
+                let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+                    continue;
+                };
+                let message = message.expect("a readable message");
+                let mut bytes = message.key().unwrap_or_default().to_vec();
+                if let Some(headers) = message.headers() {
+                    for header in headers.iter() {
+                        bytes.extend_from_slice(header.key.as_bytes());
+                        bytes.extend_from_slice(header.value.unwrap_or_default());
+                    }
+                }
+                bytes.extend_from_slice(message.payload().unwrap_or_default());
+                records.push(bytes);
+                if ends.get(&message.partition()) == Some(&(message.offset() + 1)) {
+                    ends.remove(&message.partition());
+                }
+            }
+            records
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
     /// Runs `projector <args>` (its operator subcommands) against this test's database and
     /// topic, and returns (exit success, stdout, stderr).
     pub(crate) async fn projector_cli(&self, args: &[&str]) -> (bool, String, String) {

@@ -100,6 +100,18 @@ impl EventStream {
         }
     }
 
+    /// Whether the server ends the stream within `within` (whatever it sends before).
+    pub(crate) async fn ends_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Err(_) => return false,
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None) | Err(_)) => return true,
+            }
+        }
+    }
+
     /// Every message until the next heartbeat, which the server sends only when it has nothing
     /// else queued: what the hub had handed out for this stream by then has arrived.
     pub(crate) async fn messages_until_heartbeat(

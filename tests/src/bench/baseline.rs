@@ -177,7 +177,7 @@ pub async fn broker_freshness(
                 Event::PostPublished(PostPublished {
                     post_id: Uuid::now_v7(),
                     author_id: author,
-                    body: "how fresh is this".to_owned(),
+                    body: "how fresh is this".into(),
                     reply_to: None,
                 }),
             );
