@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::{Actor, Session};
 use crate::password::Password;
-use crate::problems;
+use crate::{problems, validate};
 
 /// A login.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -83,7 +83,12 @@ pub(crate) async fn login(
 ) -> Result<(StatusCode, Json<LoggedIn>), Problem> {
     let handle = request.handle.trim().to_lowercase();
     let key: String = handle.chars().take(FAILURE_KEY_CHARS).collect();
-    let (user, stored) = app.credentials_by_handle(&handle).await?;
+    // A handle that breaks the handle rule names no one (and one with U+0000 could not even be
+    // looked up): it is an unknown handle, checked against the decoy like any other.
+    let (user, stored) = match validate::handle(&handle) {
+        Ok(handle) => app.credentials_by_handle(&handle).await?,
+        Err(_) => (None, None),
+    };
     app.failures
         .attempt(&key, Instant::now())
         .map_err(too_many_failures)?;

@@ -209,6 +209,12 @@ async fn an_unknown_handle_and_a_wrong_password_look_alike_and_failures_are_limi
     app.login("nobody_at_all", "guess")
         .await
         .assert_problem(429, "rate_limited");
+    // A handle no handle could be (found by schema fuzzing: U+0000 made the lookup a 500).
+    for odd in ["\u{0}\u{de}+%", "a b", &"x".repeat(200)] {
+        app.login(odd, "guess")
+            .await
+            .assert_problem(401, "invalid_credentials");
+    }
 }
 
 #[tokio::test]
