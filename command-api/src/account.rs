@@ -1,6 +1,7 @@
-//! Accounts: logging in and out, and changing a password. None of it is an event: passwords
-//! and sessions live in the command API's own tables (`command.credentials`,
-//! `command.sessions`), never in the log, which is replayed, copied and kept forever.
+//! Accounts: logging in and out, changing a password, and erasure. Only erasure is an event
+//! (UserErased, [`crate::erasure`]): passwords and sessions live in the command API's own tables
+//! (`command.credentials`, `command.sessions`), never in the log, which is replayed, copied and
+//! kept forever.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,9 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::{Actor, Session};
+use crate::handlers::{Accepted, accepted_at};
+use crate::idempotency::{CommandError, IdempotencyKey};
+use crate::openapi::IdempotencyHeader;
 use crate::password::Password;
 use crate::{problems, validate};
 
@@ -57,6 +61,16 @@ pub(crate) struct PasswordChange {
     /// 8–128 characters, any (never trimmed).
     #[schema(value_type = String, format = Password, min_length = 8, max_length = 128)]
     new_password: Password,
+}
+
+/// An erasure of the acting user.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ErasureRequest {
+    /// The user's password. A user registered before passwords existed, who has none, sets one
+    /// first (`PUT /v1/users/me/password`).
+    #[schema(value_type = String, format = Password, example = "correct horse battery staple")]
+    password: Password,
 }
 
 /// The longest key the failure limit keeps for a handle: handles are at most 30 characters, so
@@ -159,14 +173,7 @@ pub(crate) async fn change_password(
     let stored = app.password_hash(user).await?;
     match (&stored, &request.current_password) {
         (Some(stored), Some(current)) => {
-            let key = user.to_string();
-            app.failures
-                .attempt(&key, Instant::now())
-                .map_err(too_many_failures)?;
-            if !app.hasher.verify(current, Some(stored.clone())).await? {
-                return Err(problems::invalid_credentials(StatusCode::FORBIDDEN));
-            }
-            app.failures.succeeded(&key);
+            app.confirm_password(user, current, stored.clone()).await?;
         }
         (Some(_), None) => {
             return Err(problems::invalid_credentials_because(
@@ -189,6 +196,46 @@ pub(crate) async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `DELETE /v1/users/me`: erase the acting user, once their password is checked.
+///
+/// The erasure is recorded first, then UserErased is appended, then the user's data key,
+/// sessions, password, handle and idempotency keys are deleted: every token of theirs stops
+/// working, the handle becomes free, and the personal fields of their events can no longer be
+/// read. Once UserErased may be in the log, the erasure always completes: if the broker did not
+/// confirm it (503 `outcome_unknown`), it is appended again in the background. If the broker
+/// refused it (503 `broker_unavailable`), nothing comes of the request. Repeating it is always
+/// safe: a second UserErased changes nothing, so an `Idempotency-Key` is accepted but not needed.
+#[utoipa::path(delete, path = "/v1/users/me", tag = "users", request_body = ErasureRequest,
+    params(IdempotencyHeader), security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Erased: UserErased is in the log, and every token of the user stops working", body = Accepted),
+        (status = 400, description = "Malformed body or `Idempotency-Key` (`invalid_body`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token, or its session ended, as every session of the user does once their erasure completes (`unauthorized`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "`password` wrong, or the user has none yet (`invalid_credentials`; set one with `PUT /v1/users/me/password` first)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong passwords (`rate_limited`; see Retry-After)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or database unavailable (`broker_unavailable`: nothing comes of the request; `database_unavailable`), or the outcome is unknown (`outcome_unknown`: the erasure completes in the background; retrying, with the `Idempotency-Key` of the answer or without, is safe)", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn erase(
+    State(app): State<AppState>,
+    Actor(user): Actor,
+    idempotency: IdempotencyKey,
+    JsonBody(request): JsonBody<ErasureRequest>,
+) -> Result<(StatusCode, Json<Accepted>), CommandError> {
+    let Some(stored) = app.password_hash(user).await? else {
+        return Err(problems::invalid_credentials_because(
+            StatusCode::FORBIDDEN,
+            "you have no password yet: set one with PUT /v1/users/me/password first",
+        )
+        .into());
+    };
+    app.confirm_password(user, &request.password, stored)
+        .await?;
+    let position = app.erase(user, &idempotency).await?;
+    tracing::info!(user.id = %user, "user erased");
+    Ok(accepted_at(position))
+}
+
 /// 429 `rate_limited` for a handle or user with too many failed password checks.
 fn too_many_failures(wait: Duration) -> Problem {
     metrics::counter!("http_rate_limited_total", "by" => "password_failures").increment(1);
@@ -196,6 +243,25 @@ fn too_many_failures(wait: Duration) -> Problem {
 }
 
 impl AppState {
+    /// Checks that `password` is `user`'s, whose hash is `stored`, under the per-user failure
+    /// limit (429 before any check once exhausted): 403 `invalid_credentials` when it is not.
+    async fn confirm_password(
+        &self,
+        user: Uuid,
+        password: &Password,
+        stored: String,
+    ) -> Result<(), Problem> {
+        let key = user.to_string();
+        self.failures
+            .attempt(&key, Instant::now())
+            .map_err(too_many_failures)?;
+        if !self.hasher.verify(password, Some(stored)).await? {
+            return Err(problems::invalid_credentials(StatusCode::FORBIDDEN));
+        }
+        self.failures.succeeded(&key);
+        Ok(())
+    }
+
     /// A new session of `user`, and its token.
     pub(crate) async fn open_session(&self, user: Uuid) -> Result<Issued, Problem> {
         let session = Uuid::new_v4();

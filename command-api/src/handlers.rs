@@ -10,12 +10,12 @@ use chronicle_events::{
     Envelope, Event, NotificationsRead, PostDeleted, PostLiked, PostPublished, PostUnliked,
     ProfileUpdated, UserFollowed, UserRegistered, UserUnfollowed,
 };
-use chronicle_infra::Problem;
 use chronicle_infra::client::ClientAddress;
 use chronicle_infra::http::{
     JsonBody, Segment, min_positions, parse_id, query_pairs, wait_for_positions,
 };
 use chronicle_infra::kafka::ProduceError;
+use chronicle_infra::{Position, Problem};
 
 use crate::problems;
 use serde::{Deserialize, Serialize};
@@ -197,10 +197,15 @@ impl AppState {
 }
 
 fn accepted(appended: Appended) -> (StatusCode, Json<Accepted>) {
+    accepted_at(appended.position)
+}
+
+/// 202 with the position of the command's event.
+pub(crate) fn accepted_at(position: Position) -> (StatusCode, Json<Accepted>) {
     (
         StatusCode::ACCEPTED,
         Json(Accepted {
-            position: appended.position.encode(),
+            position: position.encode(),
         }),
     )
 }
@@ -262,6 +267,7 @@ pub(crate) async fn register(
     let bio = validate::bio(request.bio.as_deref().unwrap_or(""))?;
     let password = request.password;
     password.check_new("password")?;
+    // An erasure finds the user's registration row by this prefix (`erasure`).
     let fingerprint = format!("register\n{handle}\n{display_name}\n{bio}");
     let user_id = Uuid::now_v7();
     let password_hash = app.hasher.hash(&password).await?;

@@ -42,6 +42,13 @@ pub(crate) struct IdempotencyKey {
     answer_by: Instant,
 }
 
+impl IdempotencyKey {
+    /// When the handler must have answered.
+    pub(crate) fn answer_by(&self) -> Instant {
+        self.answer_by
+    }
+}
+
 /// When the request timeout ends a request, set by [`stamp_deadline`] before the timeout starts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RequestDeadline(pub(crate) Instant);

@@ -3,12 +3,15 @@
 //! It is the only producer of events. A command is answered with 2xx only after the broker has
 //! durably acknowledged its event (acks=all); if the broker refused it the answer is 503
 //! `broker_unavailable` (nothing changed), and if the event may or may not be in the log, 503
-//! `outcome_unknown` with the `Idempotency-Key` that makes a retry safe. It owns the `command` schema (handle reservations, the write-side
-//! state that makes handles unique) and reads, never writes, the projector's read models to check
-//! that the posts and users a command names exist.
+//! `outcome_unknown` with the `Idempotency-Key` that makes a retry safe. An erasure is the
+//! exception: once recorded it always completes, so those answers say so, and it needs no key.
+//! It owns the `command` schema (handle reservations, credentials, sessions, data keys,
+//! erasures: the write-side state) and reads, never writes, the projector's read models to
+//! check that the posts and users a command names exist.
 
 mod account;
 mod auth;
+mod erasure;
 mod handlers;
 mod idempotency;
 mod keys;
@@ -68,6 +71,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "data_keys",
         sql: include_str!("../migrations/0005_data_keys.sql"),
     },
+    Migration {
+        version: 6,
+        name: "erasures",
+        sql: include_str!("../migrations/0006_erasures.sql"),
+    },
 ];
 
 /// Configuration of the command API, from the environment (or flags).
@@ -102,6 +110,16 @@ pub struct Config {
         hide_env_values = true
     )]
     pub jwt_secret: Option<Secret>,
+    /// `CHRONICLE_ERASURE_RETRY_SECS`: how long an erasure whose UserErased the broker did not
+    /// confirm stays pending before the background finisher appends it again (default 60; at
+    /// least a second more than the request timeout, so that it never races the request that
+    /// began it).
+    #[arg(
+        long = "erasure-retry-secs",
+        env = "CHRONICLE_ERASURE_RETRY_SECS",
+        default_value_t = 60
+    )]
+    pub erasure_retry_secs: u64,
     /// `CHRONICLE_TOKEN_TTL_SECS`: lifetime of issued tokens (default 7 days).
     #[arg(long = "token-ttl-secs", env = "CHRONICLE_TOKEN_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub token_ttl_secs: u64,
@@ -245,6 +263,14 @@ impl Application {
             idempotency_ttl,
             pool,
         }));
+        // Never while the request that began the erasure may still be appending it.
+        let erasure_retry = Duration::from_secs(config.erasure_retry_secs)
+            .max(config.limits.request_timeout() + Duration::from_secs(1));
+        tokio::spawn(erasure::finish(
+            state.clone(),
+            erasure_retry,
+            erasure_retry.min(ERASURE_FINISH_PERIOD),
+        ));
         let server = Server::bind("command-api", config.addr).await?;
         // Outside the request timeout, so that handlers know when it will end them.
         let timeout = config.limits.request_timeout();
@@ -290,6 +316,9 @@ fn parse_ttl_hours(value: &str) -> Result<f64, String> {
     }
 }
 
+/// How often erasures left pending are looked for, at most.
+const ERASURE_FINISH_PERIOD: Duration = Duration::from_secs(30);
+
 /// How often expired rows (idempotency keys, sessions) are looked for: a quarter of their
 /// lifetime, between one second and ten minutes.
 fn cleanup_period(ttl: Duration) -> Duration {
@@ -300,7 +329,10 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/readyz", axum::routing::get(handlers::ready))
         .route("/v1/users", post(handlers::register))
-        .route("/v1/users/me", patch(handlers::update_profile))
+        .route(
+            "/v1/users/me",
+            patch(handlers::update_profile).delete(account::erase),
+        )
         .route("/v1/users/me/password", put(account::change_password))
         .route("/v1/sessions", post(account::login))
         .route("/v1/sessions/current", delete(account::logout))

@@ -54,11 +54,12 @@ pub(crate) struct IdempotencyHeader {
         account::login,
         account::logout,
         account::change_password,
+        account::erase,
     ),
     components(schemas(ProblemBody)),
     modifiers(&BearerAuth, &SharedProblems, &Constraints),
     tags(
-        (name = "users", description = "Registration, profiles and follows"),
+        (name = "users", description = "Registration, profiles, follows and erasure"),
         (name = "posts", description = "Posts and likes"),
         (name = "notifications", description = "Marking notifications read"),
         (name = "sessions", description = "Logging in and out, and passwords (not events: \
@@ -227,6 +228,7 @@ mod tests {
             ("/v1/sessions", "post"),
             ("/v1/sessions/current", "delete"),
             ("/v1/users/me/password", "put"),
+            ("/v1/users/me", "delete"),
         ] {
             assert!(
                 paths[path][method].is_object(),
@@ -244,13 +246,16 @@ mod tests {
             for (method, operation) in item.as_object().expect("path item") {
                 operations += 1;
                 let responses = &operation["responses"];
-                // Sessions and passwords are not commands: no event, no Idempotency-Key.
+                // Sessions and passwords are not commands: no event, no Idempotency-Key. An
+                // erasure is idempotent by itself: it takes a key, but stores no answer under
+                // it, so a key cannot be reused for another request.
                 let command = operation["tags"][0] != "sessions";
+                let erasure = (path.as_str(), method.as_str()) == ("/v1/users/me", "delete");
                 let mut statuses = vec!["408", "413", "429", "500", "503"];
                 if command || operation["requestBody"].is_object() {
                     statuses.push("400");
                 }
-                if command {
+                if command && !erasure {
                     // Every command takes an Idempotency-Key, which may be reused for another
                     // request.
                     statuses.push("422");
@@ -286,9 +291,10 @@ mod tests {
                 assert_eq!(key["schema"]["maxLength"], 64);
             }
         }
-        assert_eq!(operations, 12);
+        assert_eq!(operations, 13);
         assert!(paths["/v1/posts"]["post"]["responses"]["404"].is_object());
         assert!(paths["/v1/users"]["post"]["responses"]["409"].is_object());
         assert!(paths["/v1/posts/{post_id}"]["delete"]["responses"]["403"].is_object());
+        assert!(paths["/v1/users/me"]["delete"]["responses"]["403"].is_object());
     }
 }

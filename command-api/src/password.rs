@@ -84,8 +84,8 @@ struct HasherInner {
     /// Work for the hashing threads.
     jobs: mpsc::Sender<Job>,
     /// A hash of no one's password, verified when there is no real one to verify, so that an
-    /// unknown handle takes as long as a wrong password.
-    decoy: String,
+    /// unknown handle takes as long as a wrong password. Shared with each check, not copied.
+    decoy: Arc<str>,
 }
 
 /// Work for a hashing thread, given that thread's argon2 memory.
@@ -128,7 +128,7 @@ impl Hasher {
         Ok(Hasher(Arc::new(HasherInner {
             params,
             jobs,
-            decoy,
+            decoy: decoy.into(),
         })))
     }
 
@@ -150,11 +150,11 @@ impl Hasher {
         stored: Option<String>,
     ) -> Result<bool, Problem> {
         let password = zeroize::Zeroizing::new(password.bytes().to_vec());
-        let decoy = self.0.decoy.clone();
+        let decoy = Arc::clone(&self.0.decoy);
         on_a_hashing_thread(&self.0.jobs, move |memory| {
             let (phc, real) = match &stored {
                 Some(phc) => (phc.as_str(), true),
-                None => (decoy.as_str(), false),
+                None => (&*decoy, false),
             };
             let matches = matches(&password, phc, memory).map_err(|err| Problem::internal(&err))?;
             Ok(real && matches)

@@ -55,3 +55,9 @@ pub(crate) fn invalid_credentials(status: StatusCode) -> Problem {
 pub(crate) fn invalid_credentials_because(status: StatusCode, detail: &str) -> Problem {
     Problem::new(status, "invalid_credentials", detail).titled("Invalid credentials")
 }
+
+/// 401 `unauthorized`: the acting user is erased (or being erased), so no data key may be made
+/// for them and their commands cannot be sealed.
+pub(crate) fn erased() -> Problem {
+    Problem::unauthorized("this account is erased")
+}

@@ -261,6 +261,7 @@ mod tests {
                 user_id: a,
                 up_to: b,
             }),
+            Event::UserErased(UserErased { user_id: a }),
         ]
     }
 

@@ -105,6 +105,15 @@ pub struct NotificationsRead {
     pub up_to: Uuid,
 }
 
+/// A user asked to be erased (GDPR's right to erasure). Their data key is destroyed with it, so
+/// the personal fields of every event they caused can no longer be read from the log; the read
+/// models forget them: their profile, posts, likes, follows and notifications.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserErased {
+    /// The erased user (who is also the actor).
+    pub user_id: Uuid,
+}
+
 /// Any Chronicle event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -126,6 +135,8 @@ pub enum Event {
     UserUnfollowed(UserUnfollowed),
     /// See [`NotificationsRead`].
     NotificationsRead(NotificationsRead),
+    /// See [`UserErased`].
+    UserErased(UserErased),
 }
 
 /// The type of an event without its payload: its wire name and current schema version.
@@ -149,11 +160,13 @@ pub enum EventKind {
     UserUnfollowed,
     /// `NotificationsRead`
     NotificationsRead,
+    /// `UserErased`
+    UserErased,
 }
 
 impl EventKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::UserRegistered,
         EventKind::ProfileUpdated,
         EventKind::PostPublished,
@@ -163,6 +176,7 @@ impl EventKind {
         EventKind::UserFollowed,
         EventKind::UserUnfollowed,
         EventKind::NotificationsRead,
+        EventKind::UserErased,
     ];
 
     /// The name written in the envelope's `type` field and the `ce_type` header.
@@ -177,6 +191,7 @@ impl EventKind {
             EventKind::UserFollowed => "UserFollowed",
             EventKind::UserUnfollowed => "UserUnfollowed",
             EventKind::NotificationsRead => "NotificationsRead",
+            EventKind::UserErased => "UserErased",
         }
     }
 
@@ -211,6 +226,7 @@ impl Event {
             Event::UserFollowed(_) => EventKind::UserFollowed,
             Event::UserUnfollowed(_) => EventKind::UserUnfollowed,
             Event::NotificationsRead(_) => EventKind::NotificationsRead,
+            Event::UserErased(_) => EventKind::UserErased,
         }
     }
 
@@ -228,6 +244,7 @@ impl Event {
             Event::UserFollowed(e) => e.follower_id,
             Event::UserUnfollowed(e) => e.follower_id,
             Event::NotificationsRead(e) => e.user_id,
+            Event::UserErased(e) => e.user_id,
         }
     }
 
@@ -298,6 +315,17 @@ impl Event {
         Ok(())
     }
 
+    /// Forgets every sealed field of `owner`: each becomes an empty text. For the events of an
+    /// erased user, whose key is destroyed; what they say of others still applies (and is then
+    /// undone by the erasure).
+    pub fn forget_sealed_by(&mut self, owner: Uuid) {
+        for (_, text) in self.personal_mut() {
+            if text.sealed_by() == Some(owner) {
+                *text = Text::default();
+            }
+        }
+    }
+
     /// The payload as a JSON value, in the kind's current schema version.
     pub(crate) fn data(&self) -> serde_json::Value {
         let value = match self {
@@ -310,6 +338,7 @@ impl Event {
             Event::UserFollowed(e) => serde_json::to_value(e),
             Event::UserUnfollowed(e) => serde_json::to_value(e),
             Event::NotificationsRead(e) => serde_json::to_value(e),
+            Event::UserErased(e) => serde_json::to_value(e),
         };
         // Serialising these plain structs of strings and UUIDs into a `Value` cannot fail.
         value.unwrap_or(serde_json::Value::Null)
@@ -331,6 +360,7 @@ impl Event {
             EventKind::UserFollowed => Event::UserFollowed(from_value(data)?),
             EventKind::UserUnfollowed => Event::UserUnfollowed(from_value(data)?),
             EventKind::NotificationsRead => Event::NotificationsRead(from_value(data)?),
+            EventKind::UserErased => Event::UserErased(from_value(data)?),
         })
     }
 }

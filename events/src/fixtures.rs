@@ -39,6 +39,10 @@ pub const FIXTURES: &[(&str, &str)] = &[
         include_str!("../fixtures/v1/NotificationsRead.json"),
     ),
     (
+        "v1/UserErased.json",
+        include_str!("../fixtures/v1/UserErased.json"),
+    ),
+    (
         "v2/PostPublished.json",
         include_str!("../fixtures/v2/PostPublished.json"),
     ),
@@ -110,7 +114,7 @@ mod tests {
 
     #[test]
     fn a_v2_post_keeps_its_parent() {
-        let (_, json) = FIXTURES[9];
+        let (_, json) = FIXTURES[10];
         let Event::PostPublished(post) =
             Envelope::from_json(json.as_bytes()).expect("decodes").event
         else {

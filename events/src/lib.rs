@@ -19,6 +19,6 @@ mod upcast;
 pub use envelope::{DecodeError, Envelope};
 pub use event::{
     Event, EventKind, NotificationsRead, PostDeleted, PostLiked, PostPublished, PostUnliked,
-    ProfileUpdated, UserFollowed, UserRegistered, UserUnfollowed,
+    ProfileUpdated, UserErased, UserFollowed, UserRegistered, UserUnfollowed,
 };
 pub use personal::{DataKey, OpenError, Text};

@@ -6,16 +6,17 @@
 //! change, nothing is applied, and the worker resumes from the stored offset. Because rows and
 //! offset commit together, a process killed at any instant leaves either all of a batch or none.
 
-use chronicle_events::Envelope;
+use chronicle_events::{Envelope, Event};
 use chronicle_infra::db::is_transient;
 use chronicle_infra::progress::{CHANNEL, notification_payload};
 use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::{Pool, Transaction};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::generation::{self, Layout, Target, q};
-use crate::projection::{CounterDeltas, apply};
+use crate::projection::{CounterDeltas, apply, hold_erasure_lock};
 
 /// One message taken from the log.
 #[derive(Debug, Clone)]
@@ -191,6 +192,21 @@ impl Partition<'_> {
             });
         };
         let next = last.offset + 1;
+        let decoded: Vec<Result<Envelope, String>> = records
+            .iter()
+            .map(|record| match record.payload.as_deref() {
+                Some(payload) => Envelope::from_json(payload).map_err(|err| err.to_string()),
+                None => Err("the message has no payload".to_owned()),
+            })
+            .collect();
+        let erased: Vec<Uuid> = decoded
+            .iter()
+            .flatten()
+            .filter_map(|envelope| match &envelope.event {
+                Event::UserErased(e) => Some(e.user_id),
+                _ => None,
+            })
+            .collect();
         let mut client = pool.get().await?;
         let mut tx = client.transaction().await?;
         let (generation, layout) = self.generation(&tx).await?;
@@ -201,14 +217,14 @@ impl Partition<'_> {
                  WHERE generation = $5 AND topic = $1 AND partition = $2 AND next_offset = $4",
             )
             .await?;
-        if tx
-            .execute(
-                &fence,
-                &[&self.topic, &self.partition, &next, &expected, &generation],
-            )
-            .await?
-            == 0
-        {
+        // Sent together: the lock costs no round trip of its own.
+        let fence_params: [&(dyn ToSql + Sync); 5] =
+            [&self.topic, &self.partition, &next, &expected, &generation];
+        let (_, fenced) = tokio::try_join!(
+            hold_erasure_lock(&tx, &schema, !erased.is_empty()),
+            tx.execute(&fence, &fence_params)
+        )?;
+        if fenced == 0 {
             tx.rollback().await?;
             let stored = self.stored_offset(pool).await?;
             return Ok(Outcome::Fenced { stored });
@@ -219,13 +235,6 @@ impl Partition<'_> {
         let mut held = self.held_keys(&tx, &generation, &records).await?;
         let mut candidates: Vec<(&Record, Envelope)> = Vec::with_capacity(records.len());
         let mut dead = 0;
-        let decoded: Vec<Result<Envelope, String>> = records
-            .iter()
-            .map(|record| match record.payload.as_deref() {
-                Some(payload) => Envelope::from_json(payload).map_err(|err| err.to_string()),
-                None => Err("the message has no payload".to_owned()),
-            })
-            .collect();
         let keys = crate::keys::for_envelopes(&tx, decoded.iter().flatten()).await?;
         for (record, decoded) in records.iter().copied().zip(decoded) {
             if self.park_if_held(&tx, &generation, record, &held).await? {
@@ -313,6 +322,9 @@ impl Partition<'_> {
                 .await?;
         }
         tx.commit().await?;
+        for user in erased {
+            crate::keys::forget(user);
+        }
         Ok(Outcome::Applied {
             next,
             applied,

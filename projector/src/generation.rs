@@ -20,7 +20,8 @@ use deadpool_postgres::{GenericClient, Pool};
 /// - 1: profiles, posts, likes, follows, replies and their counters.
 /// - 2: adds notifications (`sql/notifications.sql`) and search (`sql/search.sql`).
 /// - 3: adds what live streams push (`sql/streams.sql`).
-pub const PROJECTION_VERSION: i32 = 3;
+/// - 4: adds the erased users (`sql/erasure.sql`).
+pub const PROJECTION_VERSION: i32 = 4;
 
 /// The oldest version a generation that holds read models can be brought to
 /// [`PROJECTION_VERSION`] from in place: what later versions add starts empty (the stream holds
@@ -38,6 +39,9 @@ pub(crate) struct Layout {
     pub(crate) search: bool,
     /// Version 3 and later: `stream`.
     pub(crate) streams: bool,
+    /// Version 4 and later: `erased_users`. Without it an erasure still removes what the
+    /// user's rows hold, but events applied after it are not kept from bringing some back.
+    pub(crate) erasure: bool,
 }
 
 impl Layout {
@@ -47,6 +51,7 @@ impl Layout {
             notifications: version >= 2,
             search: version >= 2,
             streams: version >= 3,
+            erasure: version >= 4,
         }
     }
 
@@ -75,6 +80,7 @@ const ADDED_BY_VERSION: &[(i32, &str)] = &[
     (2, include_str!("../sql/notifications.sql")),
     (2, include_str!("../sql/search.sql")),
     (3, include_str!("../sql/streams.sql")),
+    (4, include_str!("../sql/erasure.sql")),
 ];
 
 /// The DDL that takes a generation of version `from` (0: nothing yet) to [`PROJECTION_VERSION`].

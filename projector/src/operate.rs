@@ -278,6 +278,8 @@ async fn decide(pool: &Pool, topic: &str, id: i64, decision: Decision) -> anyhow
         .context("there is no active generation")?;
     let layout = generation::Layout::of_active(&active, version).map_err(anyhow::Error::msg)?;
     let schema = generation::schema_of(&active);
+    // Alone, as an erasure is: what it releases may erase, or be by someone erased meanwhile.
+    crate::projection::hold_erasure_lock(&tx, &schema, true).await?;
     let Some(row) = tx
         .query_opt(
             "SELECT partition, key, resolved_at IS NOT NULL

@@ -22,8 +22,16 @@ pub(crate) fn tables(layout: Layout) -> impl Iterator<Item = &'static Table> {
         &[]
     };
     let search: &[Table] = if layout.search { SEARCH_TABLES } else { &[] };
-    TABLES.iter().chain(notifications).chain(search)
+    let erasure: &[Table] = if layout.erasure { ERASURE_TABLES } else { &[] };
+    TABLES
+        .iter()
+        .chain(notifications)
+        .chain(search)
+        .chain(erasure)
 }
+
+/// The erasure table of projection version 4.
+const ERASURE_TABLES: &[Table] = &[("erased_users", "user_id, erased_at", "true")];
 
 /// The search tables of projection version 2.
 const SEARCH_TABLES: &[Table] = &[

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::TestApp;
+use crate::harness::{Resp, TestApp};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reply_names_its_parent_and_counts_on_it_until_deleted() {
@@ -72,7 +72,21 @@ const FIXTURES: &[&str] = &[
     include_str!("../../events/fixtures/v2/PostPublished.json"),
     include_str!("../../events/fixtures/v1/PostDeleted.json"),
     include_str!("../../events/fixtures/v1/NotificationsRead.json"),
+    include_str!("../../events/fixtures/v1/UserErased.json"),
 ];
+
+/// Asserts the profile the fixtures give their user Alice (registered, then renamed), read at
+/// `positions`; returns it.
+async fn assert_fixtures_alice(app: &TestApp, positions: &[String]) -> Resp {
+    let alice = app
+        .get("/v1/users/0190d0a0-0000-7000-8000-000000000001", positions)
+        .await;
+    alice.assert_status(200);
+    assert_eq!(alice.str_field("handle"), "alice");
+    assert_eq!(alice.str_field("display_name"), "Alice A.");
+    assert_eq!(alice.str_field("bio"), "Writes about logs.");
+    alice
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn version_1_events_still_project() {
@@ -80,25 +94,20 @@ async fn version_1_events_still_project() {
     let app = TestApp::builder().partitions(1).spawn().await;
     // Act
     for fixture in FIXTURES {
-        let envelope: Value = serde_json::from_str(fixture).expect("fixture is JSON");
-        let key = envelope["aggregate_id"].as_str().expect("aggregate id");
-        app.produce_raw(key, None, fixture.as_bytes()).await;
+        app.produce_envelope(fixture).await;
     }
     let later = app.register_user("later", "Later").await;
     let after = vec![later.position.clone()];
 
     // Assert
-    let alice = app
-        .get("/v1/users/0190d0a0-0000-7000-8000-000000000001", &after)
-        .await;
-    alice.assert_status(200);
-    assert_eq!(alice.str_field("handle"), "alice");
-    assert_eq!(alice.str_field("display_name"), "Alice A.");
-    assert_eq!(alice.str_field("bio"), "Writes about logs.");
+    let alice = assert_fixtures_alice(&app, &after).await;
     assert_eq!(alice.str_field("joined_at"), "2026-11-26T09:30:00.123Z");
     assert_eq!(alice.u64_field("post_count"), 1, "{alice}");
     assert_eq!(alice.u64_field("following_count"), 0);
     assert_eq!(alice.u64_field("likes_given"), 0);
+    app.get("/v1/users/0190d0a0-0000-7000-8000-000000000002", &after)
+        .await
+        .assert_problem(404, "user_not_found");
     app.get_post("0190d0a0-0000-7000-8000-0000000000a1", &after)
         .await
         .assert_problem(404, "post_not_found");
@@ -147,35 +156,54 @@ async fn sealed_events_project_opened_and_one_without_its_key_is_set_aside() {
     keyless["aggregate_id"] = serde_json::json!("0190d0a0-0000-7000-8000-0000000000a4");
     keyless["data"]["post_id"] = keyless["aggregate_id"].clone();
     keyless["data"]["body"]["key"] = serde_json::json!(stranger);
+    // And one by a user who was erased: their key is gone too, but the command API recorded
+    // why, so the post applies with its body forgotten, and their erasure makes it a tombstone.
+    let erased = uuid::Uuid::now_v7();
+    app.db()
+        .await
+        .execute(
+            "INSERT INTO command.erasures (user_id) VALUES ($1)",
+            &[&erased],
+        )
+        .await
+        .expect("record the erasure");
+    let mut forgotten: Value = serde_json::from_str(SEALED[2]).expect("JSON");
+    forgotten["event_id"] = serde_json::json!(uuid::Uuid::now_v7());
+    forgotten["aggregate_id"] = serde_json::json!("0190d0a0-0000-7000-8000-0000000000a5");
+    forgotten["actor"] = serde_json::json!(erased);
+    forgotten["data"]["post_id"] = forgotten["aggregate_id"].clone();
+    forgotten["data"]["author_id"] = serde_json::json!(erased);
+    forgotten["data"]["body"]["key"] = serde_json::json!(erased);
+    let mut erasure: Value =
+        serde_json::from_str(include_str!("../../events/fixtures/v1/UserErased.json"))
+            .expect("JSON");
+    erasure["event_id"] = serde_json::json!(uuid::Uuid::now_v7());
+    for field in ["actor", "aggregate_id"] {
+        erasure[field] = serde_json::json!(erased);
+    }
+    erasure["data"]["user_id"] = serde_json::json!(erased);
 
     // Act
     for fixture in SEALED {
-        let envelope: Value = serde_json::from_str(fixture).expect("fixture is JSON");
-        let key = envelope["aggregate_id"].as_str().expect("aggregate id");
-        app.produce_raw(key, None, fixture.as_bytes()).await;
+        app.produce_envelope(fixture).await;
     }
-    app.produce_raw(
-        "0190d0a0-0000-7000-8000-0000000000a4",
-        None,
-        keyless.to_string().as_bytes(),
-    )
-    .await;
+    for event in [&keyless, &forgotten, &erasure] {
+        app.produce_envelope(&event.to_string()).await;
+    }
     let later = app.register_user("later", "Later").await;
     let after = vec![later.position.clone()];
 
     // Assert: opened in the read models.
-    let alice = app
-        .get("/v1/users/0190d0a0-0000-7000-8000-000000000001", &after)
-        .await;
-    alice.assert_status(200);
-    assert_eq!(alice.str_field("handle"), "alice");
-    assert_eq!(alice.str_field("display_name"), "Alice A.");
-    assert_eq!(alice.str_field("bio"), "Writes about logs.");
+    assert_fixtures_alice(&app, &after).await;
     let post = app
         .get_post("0190d0a0-0000-7000-8000-0000000000a3", &after)
         .await;
     post.assert_status(200);
     assert_eq!(post.str_field("body"), "A sealed reply.");
+    // The erased user's post is a tombstone, and no dead letter.
+    app.get_post("0190d0a0-0000-7000-8000-0000000000a5", &after)
+        .await
+        .assert_problem(404, "post_not_found");
     // The keyless post is a dead letter that says why.
     app.get_post("0190d0a0-0000-7000-8000-0000000000a4", &after)
         .await

@@ -31,6 +31,7 @@ mod consistency;
 mod crash;
 mod dead_letters;
 mod duplicates;
+mod erasure;
 mod failover;
 mod faults;
 mod fuzz;

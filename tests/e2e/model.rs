@@ -33,6 +33,9 @@ pub(crate) enum Op {
     Follow { follower: String, followee: String },
     /// `follower` unfollowed `followee`.
     Unfollow { follower: String, followee: String },
+    /// `user` was erased: from then on nothing by or about them is in the read models, as if
+    /// they had never been there (their posts are deleted, their likes and follows undone).
+    Erase { user: String },
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +106,8 @@ pub(crate) struct Model {
     profiles: BTreeMap<String, Profile>,
     /// Bodies of the posts recorded with [`Model::set_body`].
     bodies: BTreeMap<String, String>,
+    /// The erased users (no longer in `users`).
+    erased: BTreeSet<String>,
 }
 
 impl Model {
@@ -164,7 +169,13 @@ impl Model {
             .map(|s| s.author.as_str())
     }
 
-    /// Applies one acknowledged command.
+    /// The erased users.
+    pub(crate) fn erased(&self) -> &BTreeSet<String> {
+        &self.erased
+    }
+
+    /// Applies one acknowledged command. A command by or about an erased user (acknowledged in
+    /// a race with the erasure) changes nothing but leaves its post, if it made one, deleted.
     pub(crate) fn apply(&mut self, op: &Op) {
         match op {
             Op::Publish { post, author } => {
@@ -175,7 +186,7 @@ impl Model {
                     PostState {
                         author: author.clone(),
                         seq,
-                        deleted: false,
+                        deleted: self.erased.contains(author),
                         likers: BTreeSet::new(),
                     },
                 );
@@ -188,6 +199,9 @@ impl Model {
                 }
             }
             Op::Like { user, post } => {
+                if self.erased.contains(user) {
+                    return;
+                }
                 if let Some(state) = self.posts.get_mut(post).filter(|s| !s.deleted) {
                     state.likers.insert(user.clone());
                 }
@@ -199,10 +213,26 @@ impl Model {
             }
             Op::Follow { follower, followee } => {
                 assert_ne!(follower, followee, "a user cannot follow themselves");
-                self.follows.insert((follower.clone(), followee.clone()));
+                if !self.erased.contains(follower) && !self.erased.contains(followee) {
+                    self.follows.insert((follower.clone(), followee.clone()));
+                }
             }
             Op::Unfollow { follower, followee } => {
                 self.follows.remove(&(follower.clone(), followee.clone()));
+            }
+            Op::Erase { user } => {
+                for state in self.posts.values_mut() {
+                    if state.author == *user {
+                        state.deleted = true;
+                        state.likers.clear();
+                    } else {
+                        state.likers.remove(user);
+                    }
+                }
+                self.follows.retain(|(a, b)| a != user && b != user);
+                self.users.retain(|u| u != user);
+                self.profiles.remove(user);
+                self.erased.insert(user.clone());
             }
         }
     }
@@ -679,6 +709,16 @@ pub(crate) async fn read_model_mismatches(
     checks: Checks,
 ) -> Vec<String> {
     let mut mismatches = Vec::new();
+
+    // Erased users: no profile.
+    for user in model.erased() {
+        let resp = app.get_user(user, NO_POSITIONS).await;
+        if resp.status != 404 || resp.code() != Some("user_not_found") {
+            mismatches.push(format!(
+                "erased user {user}: expected 404 user_not_found, got {resp}"
+            ));
+        }
+    }
 
     // Users: profile and counters, author feed (exact order), followers, following, timeline.
     let user_checks = stream::iter(model.users().iter().cloned())

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::broker::KafkaCluster;
-use crate::harness::{PASSWORD, Resp, TestApp, scratch_dir};
+use crate::harness::{NO_POSITIONS, PASSWORD, Resp, TestApp, scratch_dir};
 
 /// Asserts a 503 `outcome_unknown` carrying its key in the header and the body; returns it.
 #[track_caller]
@@ -24,24 +24,29 @@ fn unknown_outcome_key(resp: &Resp) -> String {
     key
 }
 
+/// A one-node broker of this test's own (named after `name`), which it may pause, and Chronicle
+/// on it, waiting at most 2 s for an acknowledgement, with `env` on top.
+async fn on_a_private_broker(name: &str, env: &[(&str, &str)]) -> (KafkaCluster, TestApp) {
+    let name = format!("{name}-{}", uuid::Uuid::now_v7().simple());
+    let root = scratch_dir();
+    let broker = tokio::task::spawn_blocking(move || KafkaCluster::single(&root, &name))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let mut app = TestApp::builder()
+        .broker(&broker.address())
+        .env("CHRONICLE_PRODUCE_TIMEOUT_MS", "2000");
+    for (name, value) in env {
+        app = app.env(name, value);
+    }
+    (broker, app.spawn().await)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_that_takes_the_event_and_never_answers_is_outcome_unknown_and_the_retry_lands_once()
  {
     // Arrange: Chronicle on a private broker, waiting at most 2 s for an acknowledgement, and a
     // writer registered before the broker stops answering.
-    let name = format!("outcome-{}", uuid::Uuid::now_v7().simple());
-    let root = scratch_dir();
-    let broker = {
-        let (root, name) = (root.clone(), name.clone());
-        tokio::task::spawn_blocking(move || KafkaCluster::single(&root, &name))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-    };
-    let app = TestApp::builder()
-        .broker(&broker.address())
-        .env("CHRONICLE_PRODUCE_TIMEOUT_MS", "2000")
-        .spawn()
-        .await;
+    let (broker, app) = on_a_private_broker("outcome", &[]).await;
     let writer = app.register_user("writer", "Writer").await;
     app.wait_for(std::slice::from_ref(&writer.position)).await;
 
@@ -137,6 +142,87 @@ async fn a_broker_that_takes_the_event_and_never_answers_is_outcome_unknown_and_
     assert!(ok, "dead-letters list failed: {stderr}");
     assert!(listed.contains("no dead letters"), "{listed}");
     app.assert_services_alive();
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_erasure_whose_outcome_is_unknown_completes_retried_or_not() {
+    // Arrange: Chronicle on a private broker, waiting at most 2 s for an acknowledgement, with
+    // erasures left pending finished in the background after 16 s (the least above a 15 s
+    // request timeout).
+    let (broker, app) = on_a_private_broker(
+        "erasure",
+        &[
+            ("CHRONICLE_REQUEST_TIMEOUT_MS", "15000"),
+            ("CHRONICLE_ERASURE_RETRY_SECS", "16"),
+        ],
+    )
+    .await;
+    let leaver = app.register_user("leaver", "Leaver").await;
+    let vanisher = app.register_user("vanisher", "Vanisher").await;
+    app.wait_for(&[leaver.position.clone(), vanisher.position.clone()])
+        .await;
+
+    // Act: both ask to be erased while the broker takes requests and answers none.
+    broker.pause(0);
+    let erase = |token: &str, key: Option<&str>| {
+        let mut request = app
+            .command(Method::DELETE, "/v1/users/me")
+            .bearer_auth(token)
+            .json(&json!({ "password": PASSWORD }));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        app.send(request)
+    };
+    let (left, vanished) = tokio::join!(erase(&leaver.token, None), erase(&vanisher.token, None));
+    broker.resume(0);
+
+    // Assert: both outcomes unknown, with a key. The leaver retries with it and is erased...
+    let key = unknown_outcome_key(&left);
+    unknown_outcome_key(&vanished);
+    let retried = erase(&leaver.token, Some(&key)).await;
+    retried.assert_status(202);
+    let at = [retried.str_field("position")];
+    app.get_user(&leaver.id, &at)
+        .await
+        .assert_problem(404, "user_not_found");
+    // ...the vanisher never comes back, and the background finisher completes their erasure:
+    // their token stops working once it has (watched through the command side, which is what
+    // changes), and the read models follow.
+    let started = Instant::now();
+    loop {
+        let resp = app
+            .send(
+                app.command(
+                    Method::PUT,
+                    &format!("/v1/users/me/following/{}", leaver.id),
+                )
+                .bearer_auth(&vanisher.token),
+            )
+            .await;
+        if resp.status == 401 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the pending erasure was not finished: {resp}"
+        );
+        // This sleep paces the polling of the finisher's effect; no read waits on it.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "the finisher completed the abandoned erasure {:.1} s after the broker came back",
+        started.elapsed().as_secs_f64()
+    );
+    app.wait_for_offsets(&app.topic_ends().await, Duration::from_secs(60))
+        .await;
+    app.get_user(&vanisher.id, NO_POSITIONS)
+        .await
+        .assert_problem(404, "user_not_found");
+    app.login("vanisher", PASSWORD)
+        .await
+        .assert_problem(401, "invalid_credentials");
     drop(broker);
 }
 

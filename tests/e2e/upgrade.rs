@@ -114,7 +114,7 @@ async fn a_rebuild_fills_notifications_from_the_whole_history_while_the_old_gene
     let (_, list, _) = app.projector_cli(&["generations", "list"]).await;
     assert!(
         list.contains("g1\tretired\tprojection code v1\t")
-            && list.contains("g2\tactive\tprojection code v3\t"),
+            && list.contains("g2\tactive\tprojection code v4\t"),
         "{list}"
     );
 
@@ -182,7 +182,8 @@ async fn a_rebuild_fills_notifications_from_the_whole_history_while_the_old_gene
 
 #[tokio::test]
 async fn a_generation_of_version_2_gets_live_streams_in_place_when_the_projector_starts() {
-    // Arrange: a generation with read models, as projection version 2 left it: no stream.
+    // Arrange: a generation with read models, as projection version 2 left it: no stream (and
+    // no erased users, which version 4 added).
     let app = TestApp::spawn().await;
     let alice = app.register_user("alice", "Alice").await;
     let before = app.publish_post(&alice, "before streams").await;
@@ -191,6 +192,9 @@ async fn a_generation_of_version_2_gets_live_streams_in_place_when_the_projector
     let db = app.db().await;
     db.batch_execute(
         "DROP TABLE read_g1.stream;
+         DROP TABLE read_g1.erased_users;
+         DROP INDEX read_g1.posts_erasure;
+         DROP INDEX read_g1.likes_erasure;
          DROP INDEX read_g1.notifications_by_actor;
          UPDATE projection.generations SET code_version = 2 WHERE name = 'g1';",
     )
@@ -203,10 +207,10 @@ async fn a_generation_of_version_2_gets_live_streams_in_place_when_the_projector
     // Act: the new projector starts.
     app.start_projector().await;
 
-    // Assert: the same generation, now of version 3, keeps its read models and streams what
+    // Assert: the same generation, now of version 4, keeps its read models and streams what
     // happens from now on.
     let (_, list, _) = app.projector_cli(&["generations", "list"]).await;
-    assert!(list.contains("g1\tactive\tprojection code v3\t"), "{list}");
+    assert!(list.contains("g1\tactive\tprojection code v4\t"), "{list}");
     let mut feed = app.open_stream("/v1/feed/stream", None, None).await;
     let after = app.publish_post(&alice, "after streams").await;
     let (event, data) = feed

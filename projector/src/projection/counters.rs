@@ -68,6 +68,14 @@ impl CounterDeltas {
         self.deleted.push(post);
     }
 
+    /// Drops what was collected for the `erased` users: their counters row is gone, and so is
+    /// everything their messages would show.
+    pub(super) fn forget_users(&mut self, erased: &BTreeSet<Uuid>) {
+        self.users.retain(|user, _| !erased.contains(user));
+        self.touched.retain(|user| !erased.contains(user));
+        self.pushes.forget_users(erased);
+    }
+
     /// Adds `other`'s changes to these.
     pub(crate) fn merge(&mut self, other: CounterDeltas) {
         for (user, deltas) in other.users {

@@ -23,6 +23,7 @@
 //! neither, see [`Layout`]).
 
 mod counters;
+mod erase;
 mod notify;
 mod plan;
 mod search;
@@ -40,6 +41,7 @@ use uuid::Uuid;
 use crate::generation::{Layout, q};
 
 pub(crate) use counters::CounterDeltas;
+pub(crate) use erase::hold_lock as hold_erasure_lock;
 
 /// Applies `events` (in log order) to the read models; counter changes go to `deltas`.
 ///

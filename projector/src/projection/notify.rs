@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::stream::Pushes;
 use super::{execute, query};
+use crate::generation::Layout;
 
 /// Notifies the authors of newly liked posts. `new` holds the likes that were not there before
 /// (post, liker, author); `events` the step's likes with their time and event id.
@@ -126,23 +127,25 @@ pub(super) async fn withdraw_follows(
     .await
 }
 
-/// Moves each reader's watermark up to their `up_to` (never down: reads commute).
+/// Moves each reader's watermark up to their `up_to` (never down: reads commute). An erased
+/// reader has none.
 pub(super) async fn mark_read(
     tx: &Transaction<'_>,
     schema: &str,
+    layout: Layout,
     events: &[&NotificationsRead],
 ) -> Result<(), Error> {
     let users: Vec<Uuid> = events.iter().map(|e| e.user_id).collect();
     let up_to: Vec<Uuid> = events.iter().map(|e| e.up_to).collect();
-    execute(
-        tx,
-        schema,
-        "INSERT INTO {s}.notification_reads AS r (user_id, up_to)
-         SELECT * FROM unnest($1::uuid[], $2::uuid[])
-         ON CONFLICT (user_id) DO UPDATE SET up_to = greatest(r.up_to, EXCLUDED.up_to)",
-        &[&users, &up_to],
-    )
-    .await
+    let sql = "INSERT INTO {s}.notification_reads AS r (user_id, up_to)
+         SELECT d.* FROM unnest($1::uuid[], $2::uuid[]) AS d(user_id, up_to)
+         WHERE {not_erased}
+         ON CONFLICT (user_id) DO UPDATE SET up_to = greatest(r.up_to, EXCLUDED.up_to)"
+        .replace(
+            "{not_erased}",
+            &super::erase::not_erased(layout, &["d.user_id"]),
+        );
+    execute(tx, schema, &sql, &[&users, &up_to]).await
 }
 
 /// Brings the notifications of replies in line with the posts `published` and `deleted` in this

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use chronicle_events::{
     Envelope, Event, NotificationsRead, PostDeleted, PostLiked, PostPublished, PostUnliked,
-    ProfileUpdated, Text, UserFollowed, UserRegistered, UserUnfollowed,
+    ProfileUpdated, Text, UserErased, UserFollowed, UserRegistered, UserUnfollowed,
 };
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
@@ -13,7 +13,7 @@ use tokio_postgres::Error;
 use uuid::Uuid;
 
 use super::counters::{CounterDeltas, FOLLOWERS, FOLLOWING, LIKES_GIVEN, LIKES_RECEIVED, POSTS};
-use super::{execute, notify, query, search};
+use super::{erase, execute, notify, query, search};
 use crate::generation::Layout;
 
 /// Events that touch pairwise different rows, by type.
@@ -28,6 +28,7 @@ pub(super) struct Step<'a> {
     followed: Vec<(&'a UserFollowed, DateTime<Utc>, Uuid)>,
     unfollowed: Vec<&'a UserUnfollowed>,
     read: Vec<&'a NotificationsRead>,
+    erased: Vec<(&'a UserErased, DateTime<Utc>)>,
 }
 
 impl<'a> Step<'a> {
@@ -43,6 +44,7 @@ impl<'a> Step<'a> {
             Event::UserFollowed(e) => self.followed.push((e, at, id)),
             Event::UserUnfollowed(e) => self.unfollowed.push(e),
             Event::NotificationsRead(e) => self.read.push(e),
+            Event::UserErased(e) => self.erased.push((e, at)),
         }
     }
 
@@ -78,7 +80,10 @@ impl<'a> Step<'a> {
             self.unfollow(tx, schema, layout, deltas).await?;
         }
         if !self.read.is_empty() && layout.notifications {
-            notify::mark_read(tx, schema, &self.read).await?;
+            notify::mark_read(tx, schema, layout, &self.read).await?;
+        }
+        if !self.erased.is_empty() {
+            erase::erase(tx, schema, layout, &self.erased, deltas).await?;
         }
         Ok(())
     }
@@ -164,7 +169,8 @@ impl<'a> Step<'a> {
     }
 
     /// Publishes posts. Their reply notifications are settled after the counters
-    /// ([`super::notify::settle_replies`]).
+    /// ([`super::notify::settle_replies`]). A post of an erased user becomes a tombstone, as
+    /// their erasure made their other posts (see [`super::erase`]).
     async fn publish(
         &self,
         tx: &Transaction<'_>,
@@ -178,13 +184,25 @@ impl<'a> Step<'a> {
         let bodies: Vec<&str> = events.iter().map(|(e, _, _)| e.body.as_str()).collect();
         let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at, _)| *at).collect();
         let parents: Vec<Option<Uuid>> = events.iter().map(|(e, _, _)| e.reply_to).collect();
-        let rows = query(
-            tx,
-            schema,
+        let insert = if layout.erasure {
+            "INSERT INTO {s}.posts (post_id, author_id, body, published_at, reply_to, deleted_at)
+             SELECT d.post_id, d.author_id, CASE WHEN x.user_id IS NULL THEN d.body ELSE '' END,
+                    d.at, d.reply_to, x.erased_at
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::uuid[])
+                 AS d(post_id, author_id, body, at, reply_to)
+             LEFT JOIN {s}.erased_users x ON x.user_id = d.author_id
+             ON CONFLICT (post_id) DO NOTHING
+             RETURNING author_id, reply_to, post_id, deleted_at IS NULL"
+        } else {
             "INSERT INTO {s}.posts (post_id, author_id, body, published_at, reply_to)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::uuid[])
              ON CONFLICT (post_id) DO NOTHING
-             RETURNING author_id, reply_to, post_id",
+             RETURNING author_id, reply_to, post_id, true"
+        };
+        let rows = query(
+            tx,
+            schema,
+            insert,
             &[&posts, &authors, &bodies, &at, &parents],
         )
         .await?;
@@ -193,7 +211,10 @@ impl<'a> Step<'a> {
             events.iter().map(|(e, _, id)| (e.post_id, *id)).collect();
         let mut new = Vec::with_capacity(rows.len());
         for row in rows {
-            let (author, post): (Uuid, Uuid) = (row.get(0), row.get(2));
+            let (author, post, live): (Uuid, Uuid, bool) = (row.get(0), row.get(2), row.get(3));
+            if !live {
+                continue;
+            }
             deltas.add(author, POSTS, 1);
             if let Some(parent) = row.get::<_, Option<Uuid>>(1) {
                 deltas.add_reply(parent, 1);
@@ -272,7 +293,8 @@ impl<'a> Step<'a> {
         Ok(())
     }
 
-    /// Only a live post can be liked; a like that arrives after the deletion is ignored.
+    /// Only a live post can be liked, and only by a user not erased; a like that arrives after
+    /// the deletion or erasure is ignored.
     async fn like(
         &self,
         tx: &Transaction<'_>,
@@ -284,22 +306,19 @@ impl<'a> Step<'a> {
         let posts: Vec<Uuid> = events.iter().map(|(e, _, _)| e.post_id).collect();
         let users: Vec<Uuid> = events.iter().map(|(e, _, _)| e.user_id).collect();
         let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at, _)| *at).collect();
-        let rows = query(
-            tx,
-            schema,
-            "WITH liked AS (
+        let sql = "WITH liked AS (
                  INSERT INTO {s}.likes (post_id, user_id, liked_at)
                  SELECT d.post_id, d.user_id, d.at
                  FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS d(post_id, user_id, at)
                  JOIN {s}.posts p ON p.post_id = d.post_id AND p.deleted_at IS NULL
+                 WHERE {not_erased}
                  ON CONFLICT (post_id, user_id) DO NOTHING
                  RETURNING post_id, user_id
              )
              SELECT liked.post_id, liked.user_id, p.author_id
-             FROM liked JOIN {s}.posts p USING (post_id)",
-            &[&posts, &users, &at],
-        )
-        .await?;
+             FROM liked JOIN {s}.posts p USING (post_id)"
+            .replace("{not_erased}", &erase::not_erased(layout, &["d.user_id"]));
+        let rows = query(tx, schema, &sql, &[&posts, &users, &at]).await?;
         let mut new = Vec::with_capacity(rows.len());
         for row in &rows {
             let (post, liker, author): (Uuid, Uuid, Uuid) = (row.get(0), row.get(1), row.get(2));
@@ -360,16 +379,18 @@ impl<'a> Step<'a> {
         let followers: Vec<Uuid> = events.iter().map(|(e, _, _)| e.follower_id).collect();
         let followees: Vec<Uuid> = events.iter().map(|(e, _, _)| e.followee_id).collect();
         let at: Vec<DateTime<Utc>> = events.iter().map(|(_, at, _)| *at).collect();
-        let rows = query(
-            tx,
-            schema,
-            "INSERT INTO {s}.follows (follower_id, followee_id, followed_at)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
+        // Nobody follows or is followed once erased.
+        let sql = "INSERT INTO {s}.follows (follower_id, followee_id, followed_at)
+             SELECT d.* FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
+                 AS d(follower_id, followee_id, at)
+             WHERE {not_erased}
              ON CONFLICT (follower_id, followee_id) DO NOTHING
-             RETURNING follower_id, followee_id",
-            &[&followers, &followees, &at],
-        )
-        .await?;
+             RETURNING follower_id, followee_id"
+            .replace(
+                "{not_erased}",
+                &erase::not_erased(layout, &["d.follower_id", "d.followee_id"]),
+            );
+        let rows = query(tx, schema, &sql, &[&followers, &followees, &at]).await?;
         let mut new = Vec::with_capacity(rows.len());
         for row in &rows {
             let (follower, followee): (Uuid, Uuid) = (row.get(0), row.get(1));

@@ -9,15 +9,17 @@
 //!
 //! A message is pushed only once the read it describes would show it, and reads show a post or
 //! a notification only once its author or actor is a user: their registration sits in another
-//! partition and may be applied later. A user is never removed, so an author or actor already a
-//! user before the batch takes its locks stays one, and their messages are written at once. For
+//! partition and may be applied later. A user is removed only by an erasure, which runs alone
+//! (it holds the erasure lock, see `super::erase`) and drops the messages it makes moot, so an
+//! author or actor already a user before the batch takes its locks stays one until it commits,
+//! and their messages are written at once. For
 //! each of the others, the batch takes their `user_counters` row, and a registration takes its
 //! own (a change of 0 where nothing changed), so a batch that acts and one that registers the
 //! actor take turns there, and the second sees what the first committed: [`Pushes::settle`],
 //! after the counters, keeps the messages whose author or actor is a user by then, and makes
 //! those of posts and notifications that waited for a user registered in this batch.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::Error;
@@ -109,6 +111,21 @@ impl Pushes {
         }
     }
 
+    /// Drops the messages about the `erased` users' posts and the notifications they made or
+    /// received.
+    pub(super) fn forget_users(&mut self, erased: &BTreeSet<Uuid>) {
+        self.pushes.retain(|(_, push)| match *push {
+            Push::Post { author, .. } | Push::PostDeleted { author, .. } => {
+                !erased.contains(&author)
+            }
+            Push::Notification {
+                recipient, actor, ..
+            } => !erased.contains(&recipient) && !erased.contains(&actor),
+        });
+        self.registrations.retain(|user, _| !erased.contains(user));
+        self.present.retain(|user| !erased.contains(user));
+    }
+
     /// Adds `other`'s messages to these.
     pub(crate) fn merge(&mut self, other: Pushes) {
         self.pushes.extend(other.pushes);
@@ -131,8 +148,8 @@ impl Pushes {
         needed
     }
 
-    /// Confirms the authors and actors already users (a user is never removed, so that holds
-    /// until the commit), before the batch takes the users' counters rows; returns the others,
+    /// Confirms the authors and actors already users (only an erasure removes one, and none
+    /// runs beside this batch, so that holds until the commit), before the batch takes the users' counters rows; returns the others,
     /// whose counters rows the batch must take before [`Pushes::settle`].
     pub(crate) async fn confirm_users(
         &mut self,

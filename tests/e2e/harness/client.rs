@@ -71,6 +71,16 @@ impl TestApp {
         .await
     }
 
+    /// `DELETE /v1/users/me`: an erasure, confirmed with `password`.
+    pub(crate) async fn erase(&self, token: &str, password: &str) -> Resp {
+        self.send(
+            self.command(Method::DELETE, "/v1/users/me")
+                .bearer_auth(token)
+                .json(&json!({ "password": password })),
+        )
+        .await
+    }
+
     /// `PUT /v1/users/me/password` with `body`.
     pub(crate) async fn change_password(&self, token: &str, body: Value) -> Resp {
         self.send(
@@ -79,6 +89,15 @@ impl TestApp {
                 .json(&body),
         )
         .await
+    }
+
+    /// Produces the JSON envelope `json` as the command API would: keyed by its aggregate id.
+    pub(crate) async fn produce_envelope(&self, json: &str) -> String {
+        let envelope: Value = serde_json::from_str(json).expect("an envelope is JSON");
+        let key = envelope["aggregate_id"]
+            .as_str()
+            .expect("an envelope names its aggregate");
+        self.produce_raw(key, None, json.as_bytes()).await
     }
 
     /// Appends `payload` keyed `key` straight to the test topic (to `partition` if given), as
@@ -134,6 +153,28 @@ impl TestApp {
             .assign(&assignment)
             .expect("failed to assign the topic's partitions");
         consumer
+    }
+
+    /// The end offset of each non-empty partition of the test topic (the offset after its last
+    /// record), for [`TestApp::wait_for_offsets`].
+    pub(crate) async fn topic_ends(&self) -> HashMap<i32, i64> {
+        use rdkafka::consumer::Consumer as _;
+        let consumer = self.topic_reader("topic-ends");
+        let (topic, partitions) = (self.topic.clone(), self.partitions);
+        tokio::task::spawn_blocking(move || {
+            let mut ends = HashMap::new();
+            for partition in 0..i32::try_from(partitions).expect("partitions fit in i32") {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(30))
+                    .expect("the partition's end offset");
+                if high > 0 {
+                    ends.insert(partition, high);
+                }
+            }
+            ends
+        })
+        .await
+        .expect("the watermark task panicked")
     }
 
     /// Every record of the test topic, every partition from its first offset to its end, as
