@@ -10,6 +10,10 @@
 //! A command sent without a key gets one from the server (a UUID), stored only when the answer
 //! is 503 `outcome_unknown`: that answer carries the key, and retrying with it is safe.
 //!
+//! 503 `broker_unavailable` promises that no event comes of the request, so only a first attempt
+//! can answer it. When the broker refuses a retry's copy, an earlier copy may still be in the
+//! log: the retry answers `outcome_unknown` again, with the same key.
+//!
 //! The send and the recording of its result run in a task of their own, so that neither the
 //! request timeout nor a client that goes away can cut them short between the broker's
 //! acknowledgement and the row that remembers it. The handler waits for that task until
@@ -192,6 +196,9 @@ struct Attempt {
     envelope: Envelope,
     /// Whether its row exists already (the client sent the key, or this is a retry).
     stored: bool,
+    /// Whether an earlier attempt sent this envelope, with an outcome this one cannot know: a
+    /// refusal of this attempt then says nothing of that one.
+    retry: bool,
 }
 
 /// What the key's row says.
@@ -212,25 +219,26 @@ impl AppState {
         fingerprint: &str,
         prepare: impl AsyncFnOnce() -> Result<Envelope, Problem>,
     ) -> Result<Appended, CommandError> {
-        let attempt = |key: &str, envelope, stored| Attempt {
+        let attempt = |key: &str, envelope, stored, retry| Attempt {
             scope,
             key: key.to_owned(),
             fingerprint: fingerprint.to_owned(),
             envelope,
             stored,
+            retry,
         };
         let Some(client_key) = key.key.as_deref() else {
             let envelope = prepare().await?;
             let assigned = Uuid::now_v7().to_string();
             return self
-                .send_attempt(attempt(&assigned, envelope, false), key.answer_by)
+                .send_attempt(attempt(&assigned, envelope, false, false), key.answer_by)
                 .await;
         };
         match self.find(scope, client_key, fingerprint).await? {
             Some(Stored::Answered(appended)) => return Ok(appended),
             Some(Stored::Pending(envelope)) => {
                 return self
-                    .send_attempt(attempt(client_key, envelope, true), key.answer_by)
+                    .send_attempt(attempt(client_key, envelope, true, true), key.answer_by)
                     .await;
             }
             None => {}
@@ -244,13 +252,13 @@ impl AppState {
             return match self.find(scope, client_key, fingerprint).await? {
                 Some(Stored::Answered(appended)) => Ok(appended),
                 Some(Stored::Pending(envelope)) => {
-                    self.send_attempt(attempt(client_key, envelope, true), key.answer_by)
+                    self.send_attempt(attempt(client_key, envelope, true, true), key.answer_by)
                         .await
                 }
                 None => Err(Problem::internal(&"an idempotency key vanished").into()),
             };
         }
-        self.send_attempt(attempt(client_key, envelope, true), key.answer_by)
+        self.send_attempt(attempt(client_key, envelope, true, false), key.answer_by)
             .await
     }
 
@@ -288,6 +296,9 @@ impl AppState {
                     position,
                 })
             }
+            // A retry's refusal proves only that this copy is not in the log: an earlier attempt
+            // may have put one there, so its outcome is still unknown.
+            Ok(Ok(Sent::Refused(_))) if attempt.retry => Err(unknown),
             Ok(Ok(Sent::Refused(problem))) => Err(problem.into()),
             // The task stored the key's row before answering.
             Ok(Ok(Sent::Unknown)) => Err(unknown),
@@ -557,6 +568,7 @@ mod tests {
             fingerprint: "like".into(),
             envelope: envelope.clone(),
             stored: true,
+            retry: false,
         };
 
         // Act: the handler may wait 300 ms.

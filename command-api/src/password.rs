@@ -3,8 +3,9 @@
 //!
 //! Parameters (`CHRONICLE_PASSWORD_HASH_MEMORY_KIB`, `CHRONICLE_PASSWORD_HASH_ITERATIONS`)
 //! default to OWASP's first argon2id recommendation: 19 MiB, 2 passes, 1 lane. On the 2-core
-//! machines Chronicle is developed on one hash takes 45 ms in a release build. Each hash is a PHC
-//! string that carries its own parameters, so raising them later keeps older hashes verifiable.
+//! machines Chronicle is developed on one hash takes 38 to 45 ms in a release build. Each hash is
+//! a PHC string that carries its own parameters, so raising them later keeps older hashes
+//! verifiable.
 //!
 //! Hashing is CPU- and memory-bound, so it runs on threads of its own, one per core, each with
 //! its argon2 memory allocated once and reused: a flood of logins queues (and meets the request

@@ -1,7 +1,8 @@
 //! A command whose outcome the broker leaves unknown is answered as such (503 `outcome_unknown`
 //! with the Idempotency-Key to retry with), keeps what it reserved, and its retry takes effect
-//! exactly once. A definite refusal is still `broker_unavailable` and frees the handle. Keys
-//! expire after their lifetime.
+//! exactly once. A definite refusal is still `broker_unavailable` and frees the handle, but only
+//! for a first attempt: a retry's refusal leaves the outcome unknown. Keys expire after their
+//! lifetime.
 
 use std::time::{Duration, Instant};
 
@@ -142,6 +143,69 @@ async fn a_broker_that_takes_the_event_and_never_answers_is_outcome_unknown_and_
     assert!(ok, "dead-letters list failed: {stderr}");
     assert!(listed.contains("no dead letters"), "{listed}");
     app.assert_services_alive();
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_the_broker_refuses_is_still_outcome_unknown_and_a_later_one_lands_once() {
+    // Arrange: Chronicle on a private broker, a writer, and a post whose event takes about
+    // 1,500 bytes once its body is sealed.
+    let (broker, app) = on_a_private_broker("refused-retry", &[]).await;
+    let writer = app.register_user("writer", "Writer").await;
+    app.wait_for(std::slice::from_ref(&writer.position)).await;
+    let body = "a longer thought, ".repeat(50);
+    let post = |key: Option<&str>| {
+        let mut request = app
+            .command(Method::POST, "/v1/posts")
+            .bearer_auth(&writer.token)
+            .json(&json!({ "body": body }));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        app.send(request)
+    };
+
+    // Act: the post is sent while the broker takes requests and answers none...
+    broker.pause(0);
+    let first = post(None).await;
+    broker.resume(0);
+    let key = unknown_outcome_key(&first);
+    // ...and retried on a command API whose producer refuses events over 1,400 bytes before
+    // sending them (as it would with its queue full).
+    app.kill_command_api();
+    app.start_command_api_with(&[("CHRONICLE_KAFKA_MESSAGE_MAX_BYTES", "1400")])
+        .await;
+    let refused = post(Some(&key)).await;
+
+    // Assert: the refusal is of the retry's copy only; the first copy may be in the log, so the
+    // outcome is still unknown, with the same key (it was `broker_unavailable`, "nothing was
+    // changed").
+    assert_eq!(unknown_outcome_key(&refused), key, "{refused}");
+
+    // A retry on a command API that can send it lands, once.
+    app.kill_command_api();
+    app.start_command_api().await;
+    let landed = post(Some(&key)).await;
+    landed.assert_status(202);
+    let at = [landed.str_field("position")];
+    let posts = app
+        .collect_pages(&format!("/v1/users/{}/posts", writer.id), &at)
+        .await;
+    let ids: Vec<&str> = posts.iter().filter_map(|p| p["post_id"].as_str()).collect();
+    assert_eq!(ids, [landed.str_field("post_id")], "{posts:?}");
+    let profile = app.get_user(&writer.id, &at).await;
+    assert_eq!(profile.u64_field("post_count"), 1, "{profile}");
+    let (ok, events, stderr) = app.projector_cli(&["events"]).await;
+    assert!(ok, "projector events failed: {stderr}");
+    let post_id = landed.str_field("post_id");
+    let copies = events
+        .lines()
+        .filter(|line| line.contains("PostPublished") && line.contains(post_id.as_str()))
+        .count();
+    println!(
+        "copies of the post's event in the log: {copies} (more than one: the paused broker took \
+         the first after all, which the refused retry could not have known)"
+    );
     drop(broker);
 }
 
