@@ -11,8 +11,9 @@
 //! 3. [`AppState::complete_erasure`], once UserErased is in the log: the user's rows go, and
 //!    the erasure is marked complete.
 //!
-//! A request runs all three. If it stops after the first (a broker outage, a crash), [`finish`]
-//! runs the other two again in the background, so that every erasure asked for ends complete.
+//! A request runs all three. If it stops after the first (a broker outage, a crash),
+//! [`crate::pending::finish`] runs the other two again in the background, so that every erasure
+//! asked for ends complete.
 
 use std::time::Duration;
 
@@ -34,14 +35,11 @@ const GATE: &str =
 pub(crate) const GATE_SHARED: &str = "SELECT pg_advisory_xact_lock_shared(\
      hashtextextended('chronicle.erasure:' || $1::uuid::text, 0))";
 
-/// Most pending erasures one round of [`finish`] takes on.
-const FINISH_BATCH: i64 = 100;
-
 impl AppState {
     /// Erases `user`: records the erasure, then appends UserErased and completes it in a task of
     /// its own, which neither the request timeout nor a client that goes away can cut short.
     /// Waits for that task until the key's answer deadline, then answers `outcome_unknown` (the
-    /// erasure is recorded, and [`finish`] completes it if the task does not).
+    /// erasure is recorded, and [`crate::pending::finish`] completes it if the task does not).
     ///
     /// The answers keep the contract of every command: `broker_unavailable` only when nothing
     /// will ever come of this request (its record is withdrawn), `outcome_unknown` with the
@@ -168,24 +166,19 @@ impl AppState {
         Ok(())
     }
 
-    /// Finishes up to [`FINISH_BATCH`] erasures left pending for longer than `after` (longer
+    /// Finishes up to [`crate::pending::FINISH_BATCH`] erasures left pending for longer than `after` (longer
     /// than a request that began one can still be running); how many. Stops at the first that
     /// fails.
-    async fn finish_pending(&self, after: Duration) -> Result<usize, Problem> {
-        let pending = {
-            let client = self.pool.get().await?;
-            let find = client
-                .prepare_cached(
-                    "SELECT user_id FROM command.erasures
-                     WHERE completed_at IS NULL
-                       AND requested_at < now() - make_interval(secs => $2)
-                     ORDER BY requested_at LIMIT $1",
-                )
-                .await?;
-            client
-                .query(&find, &[&FINISH_BATCH, &after.as_secs_f64()])
-                .await?
-        };
+    pub(crate) async fn finish_pending_erasures(&self, after: Duration) -> Result<usize, Problem> {
+        let pending = self
+            .oldest_pending(
+                "SELECT user_id FROM command.erasures
+                 WHERE completed_at IS NULL
+                   AND requested_at < now() - make_interval(secs => $2)
+                 ORDER BY requested_at LIMIT $1",
+                after,
+            )
+            .await?;
         let mut finished = 0;
         for row in pending {
             let user: Uuid = row.get(0);
@@ -223,25 +216,6 @@ impl Failed {
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "outcome_unknown",
                 "the event log did not confirm UserErased",
-            ),
-        }
-    }
-}
-
-/// Finishes the erasures left pending (by an unknown outcome, a crash), every `every`, for as
-/// long as the process runs. A failure is logged and retried at the next tick.
-/// `after`: how long an erasure stays pending before it is finished here.
-pub(crate) async fn finish(app: AppState, after: Duration, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match app.finish_pending(after).await {
-            Ok(0) => {}
-            Ok(finished) => tracing::info!(finished, "finished pending erasures"),
-            Err(problem) => tracing::warn!(
-                code = problem.code(),
-                "failed to finish a pending erasure; retrying at the next tick"
             ),
         }
     }

@@ -272,12 +272,10 @@ pub(crate) async fn register(
     let user_id = Uuid::now_v7();
     let password_hash = app.hasher.hash(&password).await?;
 
+    let scope = address_scope(client);
     let appended = app
-        .append_once(address_scope(client), &key, &fingerprint, async || {
-            // The key first: nothing may fail between the reservation and the append, or the
-            // handle would stay reserved for an event that never was.
+        .append_once(scope, &key, &fingerprint, async || {
             let data_key = app.keys.of(user_id).await?;
-            app.reserve_handle(&handle, user_id, &password_hash).await?;
             let mut event = Event::UserRegistered(UserRegistered {
                 user_id,
                 handle: handle.as_str().into(),
@@ -285,21 +283,33 @@ pub(crate) async fn register(
                 bio: bio.into(),
             });
             event.seal_personal(&data_key);
-            Ok(Envelope::new(user_id, event))
+            let envelope = Envelope::new(user_id, event);
+            // The reservation keeps the event until the log confirms it (`pending`).
+            app.reserve_handle(&handle, &envelope, &password_hash)
+                .await?;
+            Ok(envelope)
         })
         .await;
     let appended = match appended {
         Ok(appended) => appended,
         Err(err) => {
-            // Only a definite refusal frees the handle: an event whose outcome is unknown may
-            // be in the log, and its retry (with the key of the answer) appends it again.
-            if key.key.is_none() && err.code() == "broker_unavailable" {
-                app.release_handle(&handle, user_id).await;
+            // Any other answer says the event is certainly not in the log (a refusal, the key's
+            // row not stored), and frees the handle if this request reserved it. An event whose
+            // outcome is unknown may be in the log: it keeps the handle, and is appended again,
+            // by the client's retry with the key of the answer or in the background.
+            if !matches!(err, CommandError::OutcomeUnknown { .. }) {
+                app.release_handle(&handle, user_id, scope, key.key.as_deref())
+                    .await;
             }
             return Err(err);
         }
     };
     let user_id = appended.envelope.actor;
+    if let Err(problem) = app.confirm_registration(user_id).await {
+        // UserRegistered is in the log; the background finisher appends it again (a copy the
+        // projector ignores) and confirms the reservation.
+        tracing::warn!(code = problem.code(), user.id = %user_id, "registered, but the handle reservation is not confirmed yet");
+    }
     let session = app.open_session(user_id).await?;
     Ok((
         StatusCode::CREATED,
@@ -313,46 +323,74 @@ pub(crate) async fn register(
 }
 
 impl AppState {
-    /// Reserves `handle` for `user_id`, with their password hash, or answers 409
-    /// `handle_taken`.
+    /// Reserves `handle` for the user `registration` registers, with their password hash, or
+    /// answers 409 `handle_taken`. The reservation is pending, holding `registration`, until
+    /// [`AppState::confirm_registration`].
     async fn reserve_handle(
         &self,
         handle: &str,
-        user_id: Uuid,
+        registration: &Envelope,
         password_hash: &str,
     ) -> Result<(), Problem> {
         let client = self.pool.get().await?;
         let reserve = client
             .prepare_cached(
                 "WITH reserved AS (
-                     INSERT INTO command.handles (handle, user_id) VALUES ($1, $2)
+                     INSERT INTO command.handles (handle, user_id, pending_envelope)
+                     VALUES ($1, $2, $4)
                      ON CONFLICT (handle) DO NOTHING RETURNING user_id)
                  INSERT INTO command.credentials (user_id, password_hash)
                  SELECT user_id, $3 FROM reserved",
             )
             .await?;
-        if client
-            .execute(&reserve, &[&handle, &user_id, &password_hash])
-            .await?
-            == 0
-        {
+        let reserved = client
+            .execute(
+                &reserve,
+                &[
+                    &handle,
+                    &registration.actor,
+                    &password_hash,
+                    &registration.to_json(),
+                ],
+            )
+            .await?;
+        if reserved == 0 {
             return Err(problems::handle_taken(handle));
         }
         Ok(())
     }
 
-    /// Gives up a reservation whose event was not appended (its password hash goes with it).
-    async fn release_handle(&self, handle: &str, user_id: Uuid) {
+    /// Gives up the pending reservation of `handle` for `user_id`, if there is one, whose event
+    /// is certainly not in the log (its password hash goes with it), and the client's `key` for
+    /// it, if any: a retry with that key starts afresh instead of sending an event whose handle
+    /// is no longer held.
+    ///
+    /// Two requests with one key at once, the first refused while the second's copy is
+    /// acknowledged, leave that user in the log without a reservation, as a user registered by
+    /// another producer would be; the projector gives the handle to its earliest registration.
+    async fn release_handle(&self, handle: &str, user_id: Uuid, scope: Uuid, key: Option<&str>) {
         let released = async {
-            self.pool
-                .get()
-                .await?
+            let mut client = self.pool.get().await?;
+            let transaction = client.transaction().await?;
+            transaction
                 .execute(
-                    "DELETE FROM command.handles WHERE handle = $1 AND user_id = $2",
+                    "DELETE FROM command.handles
+                     WHERE handle = $1 AND user_id = $2 AND pending_envelope IS NOT NULL",
                     &[&handle, &user_id],
                 )
-                .await
-                .map_err(Problem::from)
+                .await?;
+            if let Some(key) = key {
+                transaction
+                    .execute(
+                        "DELETE FROM command.idempotency_keys
+                         WHERE scope = $1 AND key = $2 AND partition IS NULL
+                           AND convert_from(envelope, 'UTF8')::jsonb ->> 'aggregate_id'
+                               = $3::uuid::text",
+                        &[&scope, &key, &user_id],
+                    )
+                    .await?;
+            }
+            transaction.commit().await.map_err(Problem::from)
         };
         if let Err(problem) = released.await {
             tracing::error!(code = problem.code(), user.id = %user_id, "failed to release a handle reservation");

@@ -130,16 +130,6 @@ pub(crate) enum CommandError {
     },
 }
 
-impl CommandError {
-    /// The contract's error code.
-    pub(crate) fn code(&self) -> &'static str {
-        match self {
-            CommandError::Problem(problem) => problem.code(),
-            CommandError::OutcomeUnknown { .. } => "outcome_unknown",
-        }
-    }
-}
-
 impl From<Problem> for CommandError {
     fn from(problem: Problem) -> CommandError {
         CommandError::Problem(problem)

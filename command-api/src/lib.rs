@@ -18,6 +18,7 @@ mod keys;
 mod lookup;
 mod openapi;
 mod password;
+mod pending;
 mod problems;
 mod purge;
 mod validate;
@@ -76,6 +77,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "erasures",
         sql: include_str!("../migrations/0006_erasures.sql"),
     },
+    Migration {
+        version: 7,
+        name: "pending_registrations",
+        sql: include_str!("../migrations/0007_pending_registrations.sql"),
+    },
 ];
 
 /// Configuration of the command API, from the environment (or flags).
@@ -110,16 +116,16 @@ pub struct Config {
         hide_env_values = true
     )]
     pub jwt_secret: Option<Secret>,
-    /// `CHRONICLE_ERASURE_RETRY_SECS`: how long an erasure whose UserErased the broker did not
-    /// confirm stays pending before the background finisher appends it again (default 60; at
-    /// least a second more than the request timeout, so that it never races the request that
-    /// began it).
+    /// `CHRONICLE_PENDING_RETRY_SECS`: how long an erasure or a registration whose event the
+    /// broker did not confirm stays pending before the background finisher appends it again
+    /// (default 60; at least a second more than the request timeout, so that it never races the
+    /// request that began it).
     #[arg(
-        long = "erasure-retry-secs",
-        env = "CHRONICLE_ERASURE_RETRY_SECS",
+        long = "pending-retry-secs",
+        env = "CHRONICLE_PENDING_RETRY_SECS",
         default_value_t = 60
     )]
-    pub erasure_retry_secs: u64,
+    pub pending_retry_secs: u64,
     /// `CHRONICLE_TOKEN_TTL_SECS`: lifetime of issued tokens (default 7 days).
     #[arg(long = "token-ttl-secs", env = "CHRONICLE_TOKEN_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub token_ttl_secs: u64,
@@ -263,13 +269,13 @@ impl Application {
             idempotency_ttl,
             pool,
         }));
-        // Never while the request that began the erasure may still be appending it.
-        let erasure_retry = Duration::from_secs(config.erasure_retry_secs)
+        // Never while the request that began the command may still be appending it.
+        let pending_retry = Duration::from_secs(config.pending_retry_secs)
             .max(config.limits.request_timeout() + Duration::from_secs(1));
-        tokio::spawn(erasure::finish(
+        tokio::spawn(pending::finish(
             state.clone(),
-            erasure_retry,
-            erasure_retry.min(ERASURE_FINISH_PERIOD),
+            pending_retry,
+            pending_retry.min(PENDING_FINISH_PERIOD),
         ));
         let server = Server::bind("command-api", config.addr).await?;
         // Outside the request timeout, so that handlers know when it will end them.
@@ -316,8 +322,8 @@ fn parse_ttl_hours(value: &str) -> Result<f64, String> {
     }
 }
 
-/// How often erasures left pending are looked for, at most.
-const ERASURE_FINISH_PERIOD: Duration = Duration::from_secs(30);
+/// How often erasures and registrations left pending are looked for, at most.
+const PENDING_FINISH_PERIOD: Duration = Duration::from_secs(30);
 
 /// How often expired rows (idempotency keys, sessions) are looked for: a quarter of their
 /// lifetime, between one second and ten minutes.

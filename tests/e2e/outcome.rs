@@ -1,7 +1,8 @@
 //! A command whose outcome the broker leaves unknown is answered as such (503 `outcome_unknown`
 //! with the Idempotency-Key to retry with), keeps what it reserved, and its retry takes effect
 //! exactly once. A definite refusal is still `broker_unavailable` and frees the handle, but only
-//! for a first attempt: a retry's refusal leaves the outcome unknown. Keys expire after their
+//! for a first attempt: a retry's refusal leaves the outcome unknown. A registration or an
+//! erasure whose client never retries is finished in the background. Keys expire after their
 //! lifetime.
 
 use std::time::{Duration, Instant};
@@ -218,7 +219,7 @@ async fn an_erasure_whose_outcome_is_unknown_completes_retried_or_not() {
         "erasure",
         &[
             ("CHRONICLE_REQUEST_TIMEOUT_MS", "15000"),
-            ("CHRONICLE_ERASURE_RETRY_SECS", "16"),
+            ("CHRONICLE_PENDING_RETRY_SECS", "16"),
         ],
     )
     .await;
@@ -313,6 +314,97 @@ async fn a_definite_refusal_is_broker_unavailable_and_frees_the_handle() {
     // Assert: the refusal says nothing changed, and the handle was free again.
     refused.assert_problem(503, "broker_unavailable");
     second.assert_status(201);
+
+    // Act: the same with an Idempotency-Key, and a retry with that key.
+    let heavy = json!({
+        "handle": "heavier",
+        "display_name": "𝄞".repeat(50),
+        "bio": "𝄞".repeat(160),
+        "password": PASSWORD,
+    });
+    let keyed = || {
+        app.send(
+            app.command(Method::POST, "/v1/users")
+                .header("idempotency-key", "heavier-once")
+                .json(&heavy),
+        )
+    };
+    let refused = keyed().await;
+    let retried = keyed().await;
+    let light = app.register("heavier", "Light").await;
+
+    // Assert: the key was given up with the reservation, so its retry is a first attempt,
+    // refused as such (not a retry of an event whose handle is no longer held), and the handle
+    // is free.
+    refused.assert_problem(503, "broker_unavailable");
+    retried.assert_problem(503, "broker_unavailable");
+    light.assert_status(201);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_left_unknown_and_never_retried_is_finished_in_the_background() {
+    // Arrange: Chronicle on a private broker, waiting at most 2 s for an acknowledgement, with
+    // registrations left pending finished in the background after 16 s.
+    let (mut broker, app) = on_a_private_broker(
+        "registration",
+        &[
+            ("CHRONICLE_REQUEST_TIMEOUT_MS", "15000"),
+            ("CHRONICLE_PENDING_RETRY_SECS", "16"),
+        ],
+    )
+    .await;
+
+    // Act: a registration sent while the broker takes requests and answers none; then the
+    // broker dies with the request unread, and comes back. The client never retries.
+    broker.pause(0);
+    let lost = app.register("lost", "Lost").await;
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.kill(0);
+        broker.restart(0);
+        broker
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    unknown_outcome_key(&lost);
+
+    // Assert: the handle stays reserved meanwhile, and its password already logs in...
+    app.register("lost", "Rival")
+        .await
+        .assert_problem(409, "handle_taken");
+    let login = app.login("lost", PASSWORD).await;
+    login.assert_status(201);
+    let user_id = login.str_field("user_id");
+    // ...and the background finisher appends the registration: the user appears in the read
+    // models (polled: no position of this event was ever handed out).
+    let started = Instant::now();
+    loop {
+        let found = app.get("/v1/users/by-handle/lost", NO_POSITIONS).await;
+        if found.status == 200 {
+            assert_eq!(found.str_field("user_id"), user_id, "{found}");
+            assert_eq!(found.str_field("display_name"), "Lost", "{found}");
+            break;
+        }
+        found.assert_problem(404, "user_not_found");
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the pending registration was not finished"
+        );
+        // This sleep paces the polling of the finisher's effect; no read waits on it.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "the finisher registered the abandoned user {:.1} s after the broker came back",
+        started.elapsed().as_secs_f64()
+    );
+    let (ok, events, stderr) = app.projector_cli(&["events"]).await;
+    assert!(ok, "projector events failed: {stderr}");
+    let copies = events
+        .lines()
+        .filter(|line| line.contains("UserRegistered") && line.contains(user_id.as_str()))
+        .count();
+    assert!(copies >= 1, "no UserRegistered of {user_id} in the log");
+    println!("copies of the registration in the log: {copies}");
+    drop(broker);
 }
 
 #[tokio::test(flavor = "multi_thread")]
